@@ -1,0 +1,86 @@
+"""Every error asynctasq raises derives from :class:`AsyncTasQError`.
+
+::
+
+    AsyncTasQError
+    ├── ConfigError               a setting is unknown, misspelt or has a bad value
+    ├── DriverError               the broker cannot be reached or answered with an error
+    │   └── DriverNotAvailable    the driver's optional dependency is not installed
+    ├── UnsupportedOperation      the driver lacks an optional capability (stats, results...)
+    ├── InvalidQueueName          a queue name with characters outside [A-Za-z0-9_.:-]
+    ├── SerializationError        a payload cannot be encoded or decoded
+    ├── UnknownTaskError          a message names a task that is not registered
+    ├── TaskDefinitionError       a task is defined or dispatched in a way that cannot work
+    ├── ResultError               waiting for a result failed
+    │   ├── ResultTimeout         no result arrived in time
+    │   └── TaskFailed            the task ended in the failed registry
+    └── TaskTimeout               a task ran past its timeout (recorded, not raised to users)
+
+Control flow that tasks raise on purpose is not an error: :class:`Retry` asks the worker to
+run the task again later, and counts as an attempt.
+"""
+
+from __future__ import annotations
+
+
+class AsyncTasQError(Exception):
+    """Root of every asynctasq error."""
+
+
+class ConfigError(AsyncTasQError, ValueError):
+    pass
+
+
+class DriverError(AsyncTasQError):
+    pass
+
+
+class DriverNotAvailable(DriverError, ImportError):
+    pass
+
+
+class UnsupportedOperation(AsyncTasQError):
+    pass
+
+
+class InvalidQueueName(AsyncTasQError, ValueError):
+    pass
+
+
+class SerializationError(AsyncTasQError, ValueError):
+    pass
+
+
+class UnknownTaskError(AsyncTasQError, LookupError):
+    pass
+
+
+class TaskDefinitionError(AsyncTasQError, TypeError):
+    pass
+
+
+class ResultError(AsyncTasQError):
+    pass
+
+
+class ResultTimeout(ResultError, TimeoutError):
+    pass
+
+
+class TaskFailed(ResultError):
+    def __init__(self, task_id: str, error: str) -> None:
+        super().__init__(f"task {task_id} failed: {error}")
+        self.task_id = task_id
+        self.error = error
+
+
+class TaskTimeout(AsyncTasQError, TimeoutError):
+    pass
+
+
+class Retry(Exception):  # noqa: N818 - the name is the user-facing verb
+    """Raise inside a task to run it again after ``delay`` seconds (counts as an attempt)."""
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        super().__init__(reason or (f"retry requested in {delay}s" if delay is not None else "retry requested"))
+        self.delay = delay

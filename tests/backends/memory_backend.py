@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from typing import Any
+
+from asynctasq.drivers.memory import MemoryDriver
+
+
+async def make_driver(namespace: str, **options: Any) -> MemoryDriver:
+    driver = MemoryDriver(namespace=namespace, **options)
+    await driver.connect()
+    return driver
+
+
+async def cleanup(namespace: str) -> None:
+    MemoryDriver.reset(namespace)
+
+
+def driver_config(namespace: str) -> dict[str, Any]:
+    raise NotImplementedError("the memory driver lives in one process")

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from asynctasq.drivers.sqlite import SQLiteDriver
+
+_DIR = tempfile.mkdtemp(prefix="asynctasq-tests-")
+
+
+def _path(namespace: str) -> str:
+    return os.path.join(_DIR, f"{namespace}.db")
+
+
+async def make_driver(namespace: str, **options: Any) -> SQLiteDriver:
+    driver = SQLiteDriver(path=_path(namespace), **options)
+    await driver.connect()
+    return driver
+
+
+async def cleanup(namespace: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.remove(_path(namespace) + suffix)
+        except FileNotFoundError:
+            pass
+
+
+def driver_config(namespace: str) -> dict[str, Any]:
+    return {"driver": "sqlite", "sqlite_path": _path(namespace)}

@@ -1,0 +1,280 @@
+"""The driver contract, run against every driver on its real broker (see tests/backends)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from asynctasq.drivers.base import BaseDriver, Delivery, EnqueueItem
+from asynctasq.errors import InvalidQueueName, UnsupportedOperation
+from tests.conftest import wait_for
+
+MakeDriver = Callable[..., Awaitable[BaseDriver]]
+LEASE_S = 1.0
+
+
+async def take(driver: BaseDriver, queues: list[str], n: int, timeout: float = 5.0) -> list[Delivery]:
+    """Dequeue until ``n`` deliveries arrived (or the deadline passes)."""
+    got: list[Delivery] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got += await driver.dequeue(queues, n - len(got), wait=min(0.5, max(deadline - time.monotonic(), 0)))
+    return got
+
+
+async def test_roundtrip_keeps_bytes(driver: BaseDriver, queue: str) -> None:
+    bodies = [b"\x00\xff\x80binary", "ünïcode".encode(), b"x" * 200_000]
+    for body in bodies:
+        await driver.enqueue(queue, body)
+    got = await take(driver, [queue], 3)
+    assert [d.body for d in got] == bodies
+    assert all(d.queue == queue and d.delivery_count == 1 and d.token for d in got)
+    assert await driver.ack(got) == 3
+    assert await driver.dequeue([queue], 10, wait=0) == []
+
+
+async def test_fifo_and_limit(driver: BaseDriver, queue: str) -> None:
+    await driver.enqueue_many([EnqueueItem(queue, str(i).encode()) for i in range(20)])
+    first = await driver.dequeue([queue], 5, wait=1)
+    assert [d.body for d in first] == [str(i).encode() for i in range(5)]
+    rest = await take(driver, [queue], 15)
+    assert [d.body for d in rest] == [str(i).encode() for i in range(5, 20)]
+    assert await driver.ack(first + rest) == 20
+
+
+async def test_queue_order_is_priority(driver: BaseDriver) -> None:
+    high, low = "high-" + uuid.uuid4().hex[:6], "low-" + uuid.uuid4().hex[:6]
+    await driver.enqueue(low, b"low")
+    await driver.enqueue(high, b"high")
+    got = await take(driver, [high, low], 2)
+    assert [d.body for d in got] == [b"high", b"low"]
+    await driver.ack(got)
+
+
+async def test_empty_dequeue_waits_and_wakes_on_enqueue(driver_factory: MakeDriver, queue: str) -> None:
+    consumer, producer = await driver_factory(), await driver_factory()
+    started = time.monotonic()
+    assert await consumer.dequeue([queue], 1, wait=0.3) == []
+    assert time.monotonic() - started >= 0.25
+
+    async def produce_later() -> None:
+        await asyncio.sleep(0.2)
+        await producer.enqueue(queue, b"late")
+
+    producing = asyncio.create_task(produce_later())
+    started = time.monotonic()
+    got = await consumer.dequeue([queue], 1, wait=10)
+    elapsed = time.monotonic() - started
+    await producing
+    assert [d.body for d in got] == [b"late"]
+    assert elapsed < 5, "the blocked dequeue should wake up on enqueue, not sit out its wait"
+    await consumer.ack(got)
+
+
+async def test_competing_consumers_split_without_duplicates(driver_factory: MakeDriver, queue: str) -> None:
+    a, b = await driver_factory(), await driver_factory()
+    n = 200
+    await a.enqueue_many([EnqueueItem(queue, str(i).encode()) for i in range(n)])
+    seen: list[bytes] = []
+
+    async def consume(driver: BaseDriver) -> None:
+        while True:
+            got = await driver.dequeue([queue], 7, wait=0.2)
+            if not got:
+                return
+            seen.extend(d.body for d in got)
+            assert await driver.ack(got) == len(got)
+
+    await asyncio.gather(consume(a), consume(b))
+    assert sorted(seen) == sorted(str(i).encode() for i in range(n))
+
+
+async def test_leased_message_is_invisible(driver_factory: MakeDriver, queue: str) -> None:
+    a, b = await driver_factory(), await driver_factory()
+    await a.enqueue(queue, b"one")
+    got = await a.dequeue([queue], 1, wait=1)
+    assert len(got) == 1
+    assert await b.dequeue([queue], 1, wait=0.2) == []
+    assert await a.ack(got) == 1
+
+
+async def test_expired_lease_is_redelivered_and_fenced(driver_factory: MakeDriver, queue: str) -> None:
+    a, b = await driver_factory(lease_seconds=LEASE_S), await driver_factory(lease_seconds=LEASE_S)
+    await a.enqueue(queue, b"job")
+    [first] = await a.dequeue([queue], 1, wait=1)
+    [second] = await take(b, [queue], 1, timeout=LEASE_S + 10)
+    assert second.id == first.id and second.body == b"job"
+    assert second.delivery_count == 2 and second.token != first.token
+    # the worker that lost its lease can change nothing
+    assert await a.ack([first]) == 0
+    assert await a.extend([first], 30) == 0
+    assert await a.release(first) is False
+    assert await a.fail(first, "late") is False
+    assert await b.dequeue([queue], 1, wait=0) == []
+    assert await b.ack([second]) == 1
+    assert await b.ack([second]) == 0, "a second ack of the same delivery must change nothing"
+
+
+async def test_extend_keeps_the_lease(driver_factory: MakeDriver, queue: str) -> None:
+    a, b = await driver_factory(lease_seconds=LEASE_S), await driver_factory(lease_seconds=LEASE_S)
+    await a.enqueue(queue, b"long")
+    got = await a.dequeue([queue], 1, wait=1)
+    deadline = time.monotonic() + LEASE_S * 2.5
+    while time.monotonic() < deadline:
+        assert await a.extend(got, LEASE_S * 2) == 1
+        assert await b.dequeue([queue], 1, wait=0.3) == []
+    assert await a.ack(got) == 1
+
+
+async def test_release_gives_back_uncounted(driver: BaseDriver, queue: str) -> None:
+    await driver.enqueue(queue, b"give-back")
+    [first] = await driver.dequeue([queue], 1, wait=1)
+    assert await driver.release(first) is True
+    [again] = await take(driver, [queue], 1)
+    assert again.body == b"give-back" and again.delivery_count == 1
+    assert await driver.ack([first]) == 0
+    assert await driver.ack([again]) == 1
+
+
+async def test_release_with_body_is_a_retry(driver: BaseDriver, queue: str) -> None:
+    await driver.enqueue(queue, b"attempt-1")
+    [first] = await driver.dequeue([queue], 1, wait=1)
+    assert await driver.release(first, delay=0.6, body=b"attempt-2") is True
+    assert await driver.dequeue([queue], 1, wait=0.2) == [], "a delayed retry must stay hidden"
+    [retry] = await take(driver, [queue], 1)
+    assert retry.body == b"attempt-2" and retry.delivery_count == 1 and retry.id == first.id
+    assert await driver.ack([retry]) == 1
+
+
+async def test_delayed_enqueue(driver: BaseDriver, queue: str) -> None:
+    await driver.enqueue(queue, b"later", delay=0.8)
+    await driver.enqueue(queue, b"now")
+    got = await driver.dequeue([queue], 10, wait=0.2)
+    assert [d.body for d in got] == [b"now"]
+    started = time.monotonic()
+    later = await take(driver, [queue], 1, timeout=5)
+    assert [d.body for d in later] == [b"later"]
+    assert time.monotonic() - started <= 4
+    await driver.ack(got + later)
+
+
+async def test_blocked_dequeue_picks_up_delayed_message(driver: BaseDriver, queue: str) -> None:
+    await driver.enqueue(queue, b"soon", delay=0.5)
+    started = time.monotonic()
+    got = await driver.dequeue([queue], 1, wait=5)
+    assert [d.body for d in got] == [b"soon"]
+    assert 0.3 <= time.monotonic() - started < 4
+    await driver.ack(got)
+
+
+async def test_enqueue_many_mixed_queues_and_delays(driver: BaseDriver) -> None:
+    qa, qb = "a-" + uuid.uuid4().hex[:6], "b-" + uuid.uuid4().hex[:6]
+    ids = await driver.enqueue_many(
+        [EnqueueItem(qa, b"a1"), EnqueueItem(qb, b"b1"), EnqueueItem(qa, b"a2", 0.5), EnqueueItem(qa, b"a3")]
+    )
+    assert len(ids) == 4 and len(set(ids)) == 4
+    got = await driver.dequeue([qa, qb], 10, wait=1)
+    assert [d.body for d in got] == [b"a1", b"a3", b"b1"]
+    later = await take(driver, [qa], 1)
+    assert [d.body for d in later] == [b"a2"]
+    await driver.ack(got + later)
+
+
+async def test_invalid_queue_names_are_refused(driver: BaseDriver) -> None:
+    for bad in ["", "x'; DROP TABLE jobs; --", "a b", "q" * 200, "é"]:
+        with pytest.raises(InvalidQueueName):
+            await driver.enqueue(bad, b"x")
+        with pytest.raises(InvalidQueueName):
+            await driver.dequeue([bad], 1, wait=0)
+
+
+async def test_failed_registry(driver: BaseDriver, queue: str) -> None:
+    if not driver.supports("failed"):
+        with pytest.raises(UnsupportedOperation):
+            await driver.failed_list()
+        return
+    await driver.enqueue_many([EnqueueItem(queue, b"bad-1"), EnqueueItem(queue, b"bad-2")])
+    got = await take(driver, [queue], 2)
+    assert await driver.fail(got[0], "ValueError: boom") is True
+    assert await driver.fail(got[1], "worker lost") is True
+    assert await driver.dequeue([queue], 10, wait=0.1) == []
+    entries = await driver.failed_list(queue)
+    assert sorted((e["body"], e["error"]) for e in entries) == [(b"bad-1", "ValueError: boom"), (b"bad-2", "worker lost")]
+    assert all(e["queue"] == queue and e["failed_at"] > 0 for e in entries)
+    first = next(e for e in entries if e["body"] == b"bad-1")
+    assert await driver.failed_requeue([first["id"]]) == 1
+    [back] = await take(driver, [queue], 1)
+    assert back.body == b"bad-1" and back.delivery_count == 1
+    assert await driver.ack([back]) == 1
+    assert await driver.failed_purge(queue=queue) == 1
+    assert await driver.failed_list(queue) == []
+
+
+async def test_stats(driver: BaseDriver, queue: str) -> None:
+    if not driver.supports("stats"):
+        return
+    await driver.enqueue_many(
+        [EnqueueItem(queue, b"r1"), EnqueueItem(queue, b"r2"), EnqueueItem(queue, b"r3"), EnqueueItem(queue, b"d", 60)]
+    )
+    got = await driver.dequeue([queue], 1, wait=1)
+    await driver.fail((await driver.dequeue([queue], 1, wait=1))[0], "x")
+    stats = (await driver.stats([queue]))[queue]
+    assert stats == {"ready": 1, "delayed": 1, "leased": 1, "failed": 1}
+    await driver.ack(got)
+
+
+async def test_purge(driver: BaseDriver, queue: str) -> None:
+    if not driver.supports("purge"):
+        return
+    await driver.enqueue_many([EnqueueItem(queue, b"1"), EnqueueItem(queue, b"2", 30)])
+    assert await driver.purge(queue) == 2
+    assert await driver.dequeue([queue], 10, wait=0.1) == []
+
+
+async def test_results_wait_for_a_writer(driver_factory: MakeDriver) -> None:
+    reader, writer = await driver_factory(), await driver_factory()
+    if not reader.supports("results"):
+        return
+    task_id = uuid.uuid4().hex
+    assert await reader.get_result(task_id, wait=0) is None
+
+    async def write_later() -> None:
+        await asyncio.sleep(0.2)
+        await writer.store_results([(task_id, b"\x01result")], ttl=60)
+
+    writing = asyncio.create_task(write_later())
+    started = time.monotonic()
+    assert await reader.get_result(task_id, wait=10) == b"\x01result"
+    assert time.monotonic() - started < 5
+    await writing
+    await writer.store_results([("short-" + task_id, b"gone")], ttl=0.3)
+    assert await reader.get_result("short-" + task_id, wait=0) == b"gone"
+
+    async def expired() -> bool:
+        return await reader.get_result("short-" + task_id, wait=0) is None
+
+    await wait_for(expired, timeout=5)
+
+
+async def test_worker_registry_and_commands(driver: BaseDriver) -> None:
+    if not driver.supports("workers"):
+        return
+    name = "w-" + uuid.uuid4().hex[:8]
+    await driver.register_worker({"name": name, "pid": 1, "queues": ["default"], "state": "idle"}, ttl=30)
+    assert name in [w["name"] for w in await driver.list_workers()]
+    if driver.supports("control"):
+        await driver.send_command(name, {"command": "stop-task", "task_id": "abc"})
+        assert await driver.receive_commands(name) == [{"command": "stop-task", "task_id": "abc"}]
+        assert await driver.receive_commands(name) == []
+    await driver.deregister_worker(name)
+    assert name not in [w["name"] for w in await driver.list_workers()]
+    await driver.register_worker({"name": name, "pid": 1}, ttl=0.3)
+
+    async def gone() -> bool:
+        return name not in [w["name"] for w in await driver.list_workers()]
+
+    await wait_for(gone, timeout=5)
