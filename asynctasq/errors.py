@@ -14,7 +14,8 @@
     ├── ResultError               waiting for a result failed
     │   ├── ResultTimeout         no result arrived in time
     │   └── TaskFailed            the task ended in the failed registry
-    └── TaskTimeout               a task ran past its timeout (recorded, not raised to users)
+    ├── TaskTimeout               a task ran past its timeout (recorded, not raised to users)
+    └── ProcessLost               the pool process running a process=True task died
 
 Control flow that tasks raise on purpose is not an error: :class:`Retry` asks the worker to
 run the task again later, and counts as an attempt.
@@ -75,6 +76,10 @@ class TaskFailed(ResultError):
 
 
 class TaskTimeout(AsyncTasQError, TimeoutError):
+    pass
+
+
+class ProcessLost(AsyncTasQError):
     pass
 
 

@@ -38,9 +38,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypedDict
 
 from asynctasq.errors import InvalidQueueName, UnsupportedOperation
+
+if TYPE_CHECKING:
+    from asynctasq.config import Config
 
 DEFAULT_LEASE_S = 30.0
 QUEUE_NAME_MAX_LEN = 80
@@ -121,6 +124,11 @@ class BaseDriver(ABC):
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
         self.lease_seconds = float(lease_seconds)
+
+    @classmethod
+    def from_config(cls, config: Config) -> BaseDriver:
+        """Build the driver from the ``<name>_*`` settings of ``config``."""
+        raise NotImplementedError(f"{cls.__name__}.from_config")
 
     # -- lifecycle -------------------------------------------------------------------------
 

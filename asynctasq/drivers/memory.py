@@ -17,7 +17,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from asynctasq.drivers.base import (
     DEFAULT_LEASE_S,
@@ -29,6 +29,9 @@ from asynctasq.drivers.base import (
     WorkerInfo,
     validate_queue_name,
 )
+
+if TYPE_CHECKING:
+    from asynctasq.config import Config
 
 
 @dataclass(slots=True)
@@ -79,6 +82,10 @@ class MemoryDriver(BaseDriver):
         super().__init__(lease_seconds=lease_seconds)
         self.namespace = namespace
         self._s = _stores.setdefault(namespace, _Store())
+
+    @classmethod
+    def from_config(cls, config: Config) -> MemoryDriver:
+        return cls(lease_seconds=config.lease_seconds)
 
     def describe(self) -> str:
         return f"memory:{self.namespace}"

@@ -1,0 +1,266 @@
+"""Settings, and the one place that reads the environment.
+
+Every setting ``x_y`` is the keyword argument ``Config(x_y=...)``, the CLI flag ``--x-y`` and
+the variable ``ASYNCTASQ_X_Y`` (a few flags have shorter names: ``--import``, ``--name``; their
+variables follow the flag). Precedence: flag > argument > environment > default::
+
+    config = Config(driver="redis", redis_url="redis://localhost:6379")
+    asynctasq.configure(driver="postgres", postgres_dsn="postgresql://app@db/app")
+
+A misspelt setting is an error naming the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from asynctasq.errors import ConfigError
+
+ENV_PREFIX = "ASYNCTASQ_"
+DRIVERS = ("sqlite", "memory", "redis", "postgres", "mysql", "sqs", "rabbitmq")
+SERIALIZERS = ("msgpack", "json", "pickle")
+DEQUEUE_STRATEGIES = ("round_robin", "priority", "random")
+
+
+def _setting(default: Any, help: str, *, flag: str | None = None, secret: bool = False,  # noqa: A002
+             group: str = "general", choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "flag": flag, "secret": secret,
+                                            "group": group, "choices": choices})
+
+
+@dataclass(init=False, repr=False, eq=True)
+class Config:
+    """The settings of producers and workers; see the module docstring for sources."""
+
+    # -- general
+    driver: str = _setting("sqlite", "Broker driver.", choices=DRIVERS)
+    serializer: str = _setting(
+        "msgpack", "Payload format of dispatched tasks; workers read msgpack and JSON, and pickle "
+        "only when this is 'pickle'.", choices=SERIALIZERS)
+    default_queue: str = _setting("default", "Queue of tasks that name none.")
+    default_max_attempts: int = _setting(3, "Attempts of tasks that set none.")
+    default_timeout: float | None = _setting(None, "Timeout in seconds of tasks that set none.")
+    default_retry_after: float = _setting(
+        1.0, "Base of the exponential retry backoff in seconds (doubles per attempt, jittered).")
+    max_retry_delay: float = _setting(3600.0, "Upper bound of a computed retry delay, seconds.")
+    results_ttl: float = _setting(500.0, "Seconds a task's result is kept; 0 keeps none.")
+    lease_seconds: float = _setting(
+        30.0, "Lease of a dequeued task; the worker extends it while the task runs. A task of a "
+        "worker that died comes back after this long.")
+    # -- worker
+    queues: list[str] = _setting(("default",), "Queues in priority order, comma-separated.", group="worker")
+    concurrency: int = _setting(10, "Most tasks run at once.", group="worker")
+    burst: bool = _setting(False, "Process what is queued, then exit.", group="worker")
+    max_tasks: int | None = _setting(None, "Exit after exactly this many tasks.", group="worker")
+    max_idle_time: float | None = _setting(
+        None, "Exit after this many seconds without a task.", group="worker")
+    dequeue_strategy: str = _setting("round_robin", "How queues are visited.", group="worker",
+                                     choices=DEQUEUE_STRATEGIES)
+    worker_name: str | None = _setting(None, "Worker name (default: host.pid.random).", flag="name",
+                                       group="worker")
+    imports: list[str] = _setting((), "Module with tasks to import (repeatable).", flag="import",
+                                  group="worker")
+    path: list[str] = _setting((), "Directory prepended to sys.path (repeatable).", group="worker")
+    shutdown_timeout: float = _setting(
+        30.0, "Seconds running tasks get to finish after SIGTERM before they are given back.",
+        group="worker")
+    heartbeat_interval: float = _setting(
+        10.0, "Seconds between worker registry heartbeats.", group="worker")
+    process_pool_size: int | None = _setting(
+        None, "Processes for process=True tasks (default: CPU count).", group="worker")
+    process_pool_max_tasks_per_child: int | None = _setting(
+        None, "Recycle a pool process after this many tasks.", group="worker")
+    log_level: str = _setting("INFO", "Logging level.", group="worker",
+                              choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+    # -- sqlite
+    sqlite_path: str = _setting("asynctasq.db", "SQLite database file.", group="sqlite")
+    # -- redis
+    redis_url: str = _setting("redis://localhost:6379", "redis:// or rediss:// URL.", group="redis",
+                              secret=True)
+    redis_password: str | None = _setting(None, "Redis password.", group="redis", secret=True)
+    redis_db: int | None = _setting(None, "Redis database number (default: the URL's, else 0).",
+                                    group="redis")
+    redis_max_connections: int = _setting(50, "Redis connection pool size.", group="redis")
+    redis_prefix: str = _setting("asynctasq", "Key prefix, so several apps share one Redis.",
+                                 group="redis")
+    # -- postgres
+    postgres_dsn: str = _setting("postgresql://postgres@localhost:5432/postgres",
+                                 "PostgreSQL DSN.", group="postgres", secret=True)
+    postgres_schema: str = _setting("public", "Schema of the queue tables.", group="postgres")
+    postgres_table: str = _setting("asynctasq_tasks", "Name of the tasks table.", group="postgres")
+    postgres_min_pool_size: int = _setting(1, "Smallest connection pool.", group="postgres")
+    postgres_max_pool_size: int = _setting(10, "Largest connection pool.", group="postgres")
+    # -- mysql
+    mysql_dsn: str = _setting("mysql://root@localhost:3306/test", "MySQL/MariaDB DSN.",
+                              group="mysql", secret=True)
+    mysql_table: str = _setting("asynctasq_tasks", "Name of the tasks table.", group="mysql")
+    mysql_max_pool_size: int = _setting(10, "Largest connection pool.", group="mysql")
+    # -- sqs
+    sqs_region: str = _setting("us-east-1", "AWS region.", group="sqs")
+    sqs_queue_url_prefix: str | None = _setting(
+        None, "Queue URL prefix (https://sqs.REGION.amazonaws.com/ACCOUNT/).", group="sqs")
+    sqs_endpoint_url: str | None = _setting(None, "Endpoint override (moto, LocalStack).", group="sqs")
+    aws_access_key_id: str | None = _setting(None, "AWS access key id.", group="sqs")
+    aws_secret_access_key: str | None = _setting(None, "AWS secret key.", group="sqs", secret=True)
+    # -- rabbitmq
+    rabbitmq_url: str = _setting("amqp://guest:guest@localhost:5672/", "AMQP URL.",
+                                 group="rabbitmq", secret=True)
+
+    def __init__(self, *, _environ: Mapping[str, str] | None = None, **settings: Any) -> None:
+        known = {f.name: f for f in fields(self)}
+        for key in settings:
+            if key not in known:
+                raise ConfigError(_unknown(key, known))
+        environ = os.environ if _environ is None else _environ
+        for name, f in known.items():
+            if name in settings:
+                value = _coerce(name, settings[name], f.type, from_env=False)
+            else:
+                raw = environ.get(env_name(name))
+                value = _default(f) if raw is None else _coerce(name, raw, f.type, from_env=True)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{name}={value!r} is not one of: {', '.join(choices)}")
+            object.__setattr__(self, name, value)
+        for name in ("concurrency", "default_max_attempts", "redis_max_connections"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        self._explicit = frozenset(settings)
+
+    def replace(self, **overrides: Any) -> Config:
+        """A copy with ``overrides`` on top (how CLI flags beat arguments)."""
+        current = {f.name: getattr(self, f.name) for f in fields(self) if f.name in self._explicit}
+        return Config(**{**current, **overrides})
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value:
+                value = redact_url(value) if "://" in str(value) else "***"
+            parts.append(f"{f.name}={value!r}")
+        return f"Config({', '.join(parts)})"
+
+    @staticmethod
+    def settings() -> list[SettingInfo]:
+        """Every setting with its flag, variable, type, default and help (for the CLI)."""
+        out = []
+        for f in fields(Config):
+            flag = f.metadata.get("flag") or f.name.replace("_", "-")
+            out.append(SettingInfo(f.name, flag, env_name(f.name), f.type, _default(f),  # type: ignore[arg-type]
+                                   f.metadata["help"], f.metadata["group"], f.metadata["choices"]))
+        return out
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    name: str
+    flag: str
+    env: str
+    type: str
+    default: Any
+    help: str
+    group: str
+    choices: tuple[str, ...] | None
+
+
+def env_name(setting: str) -> str:
+    f = _FIELDS[setting]
+    flag = f.metadata.get("flag") or setting
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
+def _default(f: Any) -> Any:
+    value = f.default
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _unknown(key: str, known: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else "; see `python -m asynctasq worker --help`"
+    return f"unknown setting {key!r}{hint}"
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}
+
+
+def _coerce(name: str, value: Any, annotation: Any, *, from_env: bool) -> Any:
+    text = str(annotation).replace(" ", "")
+    optional = text.endswith("|None")
+    base = text.removesuffix("|None")
+    if value is None or (from_env and optional and value == ""):
+        if optional:
+            return None
+        raise ConfigError(f"{name} cannot be empty")
+    source = f"environment variable {env_name(name)}" if from_env else f"setting {name}"
+    try:
+        if base == "bool":
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if base == "list[str]":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [str(i).strip() for i in items if str(i).strip()]
+        if base == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if base == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}={value!r} is not a valid {base}") from None
+
+
+_FIELDS = {f.name: f for f in fields(Config)}
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, safe to log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if parts.password is None:
+        return re.sub(r"(password=)[^&\s]*", r"\1***", url)
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    host = netloc[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+_global_config: Config | None = None
+
+
+def configure(config: Config | None = None, **settings: Any) -> Config:
+    """Set the process-wide config that ``dispatch()`` uses; returns it."""
+    global _global_config
+    if config is not None and settings:
+        config = config.replace(**settings)
+    _global_config = config if config is not None else Config(**settings)
+    from asynctasq import task as _task  # the producer's cached drivers follow the new config
+
+    _task.reset_producer()
+    return _global_config
+
+
+def get_config() -> Config:
+    """The config set by :func:`configure`, else one from the environment and defaults."""
+    global _global_config
+    if _global_config is None:
+        _global_config = Config()
+    return _global_config
+
+
+__all__ = ["Config", "configure", "get_config", "redact_url"]
