@@ -1,1 +1,52 @@
+"""asynctasq: an asyncio-native task queue with pluggable drivers.
 
+::
+
+    from asynctasq import task
+
+    @task
+    async def send_email(to: str) -> None: ...
+
+    await send_email(to="a@b.c").dispatch()
+"""
+
+from asynctasq.config import Config, configure, get_config
+from asynctasq.core.driver_factory import DriverFactory
+from asynctasq.core.worker import Worker
+from asynctasq.drivers.base import BaseDriver, Delivery
+from asynctasq.errors import (
+    AsyncTasQError,
+    ConfigError,
+    DriverError,
+    ResultTimeout,
+    Retry,
+    TaskFailed,
+    UnknownTaskError,
+)
+from asynctasq.task import Task, TaskCall, TaskFunction, dispatch_many, result, task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncTasQError",
+    "BaseDriver",
+    "Config",
+    "ConfigError",
+    "Delivery",
+    "DriverError",
+    "DriverFactory",
+    "ResultTimeout",
+    "Retry",
+    "Task",
+    "TaskCall",
+    "TaskFailed",
+    "TaskFunction",
+    "UnknownTaskError",
+    "Worker",
+    "__version__",
+    "configure",
+    "dispatch_many",
+    "get_config",
+    "result",
+    "task",
+]

@@ -16,7 +16,7 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,10 +28,19 @@ SERIALIZERS = ("msgpack", "json", "pickle")
 DEQUEUE_STRATEGIES = ("round_robin", "priority", "random")
 
 
-def _setting(default: Any, help: str, *, flag: str | None = None, secret: bool = False,  # noqa: A002
-             group: str = "general", choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "flag": flag, "secret": secret,
-                                            "group": group, "choices": choices})
+def _setting(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    secret: bool = False,
+    group: str = "general",
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    return field(
+        default=default,
+        metadata={"help": help, "flag": flag, "secret": secret, "group": group, "choices": choices},
+    )
 
 
 @dataclass(init=False, repr=False, eq=True)
@@ -41,76 +50,93 @@ class Config:
     # -- general
     driver: str = _setting("sqlite", "Broker driver.", choices=DRIVERS)
     serializer: str = _setting(
-        "msgpack", "Payload format of dispatched tasks; workers read msgpack and JSON, and pickle "
-        "only when this is 'pickle'.", choices=SERIALIZERS)
+        "msgpack",
+        "Payload format of dispatched tasks; workers read msgpack and JSON, and pickle "
+        "only when this is 'pickle'.",
+        choices=SERIALIZERS,
+    )
     default_queue: str = _setting("default", "Queue of tasks that name none.")
     default_max_attempts: int = _setting(3, "Attempts of tasks that set none.")
     default_timeout: float | None = _setting(None, "Timeout in seconds of tasks that set none.")
     default_retry_after: float = _setting(
-        1.0, "Base of the exponential retry backoff in seconds (doubles per attempt, jittered).")
+        1.0, "Base of the exponential retry backoff in seconds (doubles per attempt, jittered)."
+    )
     max_retry_delay: float = _setting(3600.0, "Upper bound of a computed retry delay, seconds.")
     results_ttl: float = _setting(500.0, "Seconds a task's result is kept; 0 keeps none.")
     lease_seconds: float = _setting(
-        30.0, "Lease of a dequeued task; the worker extends it while the task runs. A task of a "
-        "worker that died comes back after this long.")
+        30.0,
+        "Lease of a dequeued task; the worker extends it while the task runs. A task of a "
+        "worker that died comes back after this long.",
+    )
     # -- worker
     queues: list[str] = _setting(("default",), "Queues in priority order, comma-separated.", group="worker")
     concurrency: int = _setting(10, "Most tasks run at once.", group="worker")
     burst: bool = _setting(False, "Process what is queued, then exit.", group="worker")
     max_tasks: int | None = _setting(None, "Exit after exactly this many tasks.", group="worker")
     max_idle_time: float | None = _setting(
-        None, "Exit after this many seconds without a task.", group="worker")
-    dequeue_strategy: str = _setting("round_robin", "How queues are visited.", group="worker",
-                                     choices=DEQUEUE_STRATEGIES)
-    worker_name: str | None = _setting(None, "Worker name (default: host.pid.random).", flag="name",
-                                       group="worker")
-    imports: list[str] = _setting((), "Module with tasks to import (repeatable).", flag="import",
-                                  group="worker")
+        None, "Exit after this many seconds without a task.", group="worker"
+    )
+    dequeue_strategy: str = _setting(
+        "round_robin", "How queues are visited.", group="worker", choices=DEQUEUE_STRATEGIES
+    )
+    worker_name: str | None = _setting(
+        None, "Worker name (default: host.pid.random).", flag="name", group="worker"
+    )
+    imports: list[str] = _setting(
+        (), "Module with tasks to import (repeatable).", flag="import", group="worker"
+    )
     path: list[str] = _setting((), "Directory prepended to sys.path (repeatable).", group="worker")
     shutdown_timeout: float = _setting(
-        30.0, "Seconds running tasks get to finish after SIGTERM before they are given back.",
-        group="worker")
-    heartbeat_interval: float = _setting(
-        10.0, "Seconds between worker registry heartbeats.", group="worker")
+        30.0, "Seconds running tasks get to finish after SIGTERM before they are given back.", group="worker"
+    )
+    heartbeat_interval: float = _setting(10.0, "Seconds between worker registry heartbeats.", group="worker")
     process_pool_size: int | None = _setting(
-        None, "Processes for process=True tasks (default: CPU count).", group="worker")
+        None, "Processes for process=True tasks (default: CPU count).", group="worker"
+    )
     process_pool_max_tasks_per_child: int | None = _setting(
-        None, "Recycle a pool process after this many tasks.", group="worker")
-    log_level: str = _setting("INFO", "Logging level.", group="worker",
-                              choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+        None, "Recycle a pool process after this many tasks.", group="worker"
+    )
+    log_level: str = _setting(
+        "INFO", "Logging level.", group="worker", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+    )
     # -- sqlite
     sqlite_path: str = _setting("asynctasq.db", "SQLite database file.", group="sqlite")
     # -- redis
-    redis_url: str = _setting("redis://localhost:6379", "redis:// or rediss:// URL.", group="redis",
-                              secret=True)
+    redis_url: str = _setting(
+        "redis://localhost:6379", "redis:// or rediss:// URL.", group="redis", secret=True
+    )
     redis_password: str | None = _setting(None, "Redis password.", group="redis", secret=True)
-    redis_db: int | None = _setting(None, "Redis database number (default: the URL's, else 0).",
-                                    group="redis")
+    redis_db: int | None = _setting(
+        None, "Redis database number (default: the URL's, else 0).", group="redis"
+    )
     redis_max_connections: int = _setting(50, "Redis connection pool size.", group="redis")
-    redis_prefix: str = _setting("asynctasq", "Key prefix, so several apps share one Redis.",
-                                 group="redis")
+    redis_prefix: str = _setting("asynctasq", "Key prefix, so several apps share one Redis.", group="redis")
     # -- postgres
-    postgres_dsn: str = _setting("postgresql://postgres@localhost:5432/postgres",
-                                 "PostgreSQL DSN.", group="postgres", secret=True)
+    postgres_dsn: str = _setting(
+        "postgresql://postgres@localhost:5432/postgres", "PostgreSQL DSN.", group="postgres", secret=True
+    )
     postgres_schema: str = _setting("public", "Schema of the queue tables.", group="postgres")
     postgres_table: str = _setting("asynctasq_tasks", "Name of the tasks table.", group="postgres")
     postgres_min_pool_size: int = _setting(1, "Smallest connection pool.", group="postgres")
     postgres_max_pool_size: int = _setting(10, "Largest connection pool.", group="postgres")
     # -- mysql
-    mysql_dsn: str = _setting("mysql://root@localhost:3306/test", "MySQL/MariaDB DSN.",
-                              group="mysql", secret=True)
+    mysql_dsn: str = _setting(
+        "mysql://root@localhost:3306/test", "MySQL/MariaDB DSN.", group="mysql", secret=True
+    )
     mysql_table: str = _setting("asynctasq_tasks", "Name of the tasks table.", group="mysql")
     mysql_max_pool_size: int = _setting(10, "Largest connection pool.", group="mysql")
     # -- sqs
     sqs_region: str = _setting("us-east-1", "AWS region.", group="sqs")
     sqs_queue_url_prefix: str | None = _setting(
-        None, "Queue URL prefix (https://sqs.REGION.amazonaws.com/ACCOUNT/).", group="sqs")
+        None, "Queue URL prefix (https://sqs.REGION.amazonaws.com/ACCOUNT/).", group="sqs"
+    )
     sqs_endpoint_url: str | None = _setting(None, "Endpoint override (moto, LocalStack).", group="sqs")
     aws_access_key_id: str | None = _setting(None, "AWS access key id.", group="sqs")
     aws_secret_access_key: str | None = _setting(None, "AWS secret key.", group="sqs", secret=True)
     # -- rabbitmq
-    rabbitmq_url: str = _setting("amqp://guest:guest@localhost:5672/", "AMQP URL.",
-                                 group="rabbitmq", secret=True)
+    rabbitmq_url: str = _setting(
+        "amqp://guest:guest@localhost:5672/", "AMQP URL.", group="rabbitmq", secret=True
+    )
 
     def __init__(self, *, _environ: Mapping[str, str] | None = None, **settings: Any) -> None:
         known = {f.name: f for f in fields(self)}
@@ -153,8 +179,18 @@ class Config:
         out = []
         for f in fields(Config):
             flag = f.metadata.get("flag") or f.name.replace("_", "-")
-            out.append(SettingInfo(f.name, flag, env_name(f.name), f.type, _default(f),  # type: ignore[arg-type]
-                                   f.metadata["help"], f.metadata["group"], f.metadata["choices"]))
+            out.append(
+                SettingInfo(
+                    f.name,
+                    flag,
+                    env_name(f.name),
+                    str(f.type),
+                    _default(f),
+                    f.metadata["help"],
+                    f.metadata["group"],
+                    f.metadata["choices"],
+                )
+            )
         return out
 
 
@@ -249,9 +285,9 @@ def configure(config: Config | None = None, **settings: Any) -> Config:
     if config is not None and settings:
         config = config.replace(**settings)
     _global_config = config if config is not None else Config(**settings)
-    from asynctasq import task as _task  # the producer's cached drivers follow the new config
+    from asynctasq.task import reset_producer  # the producer's drivers follow the new config
 
-    _task.reset_producer()
+    reset_producer()
     return _global_config
 
 

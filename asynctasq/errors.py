@@ -87,5 +87,7 @@ class Retry(Exception):  # noqa: N818 - the name is the user-facing verb
     """Raise inside a task to run it again after ``delay`` seconds (counts as an attempt)."""
 
     def __init__(self, delay: float | None = None, reason: str = "") -> None:
-        super().__init__(reason or (f"retry requested in {delay}s" if delay is not None else "retry requested"))
+        super().__init__(
+            reason or (f"retry requested in {delay}s" if delay is not None else "retry requested")
+        )
         self.delay = delay

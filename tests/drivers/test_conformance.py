@@ -203,7 +203,10 @@ async def test_failed_registry(driver: BaseDriver, queue: str) -> None:
     assert await driver.fail(got[1], "worker lost") is True
     assert await driver.dequeue([queue], 10, wait=0.1) == []
     entries = await driver.failed_list(queue)
-    assert sorted((e["body"], e["error"]) for e in entries) == [(b"bad-1", "ValueError: boom"), (b"bad-2", "worker lost")]
+    assert sorted((e["body"], e["error"]) for e in entries) == [
+        (b"bad-1", "ValueError: boom"),
+        (b"bad-2", "worker lost"),
+    ]
     assert all(e["queue"] == queue and e["failed_at"] > 0 for e in entries)
     first = next(e for e in entries if e["body"] == b"bad-1")
     assert await driver.failed_requeue([first["id"]]) == 1
@@ -218,7 +221,12 @@ async def test_stats(driver: BaseDriver, queue: str) -> None:
     if not driver.supports("stats"):
         return
     await driver.enqueue_many(
-        [EnqueueItem(queue, b"r1"), EnqueueItem(queue, b"r2"), EnqueueItem(queue, b"r3"), EnqueueItem(queue, b"d", 60)]
+        [
+            EnqueueItem(queue, b"r1"),
+            EnqueueItem(queue, b"r2"),
+            EnqueueItem(queue, b"r3"),
+            EnqueueItem(queue, b"d", 60),
+        ]
     )
     got = await driver.dequeue([queue], 1, wait=1)
     await driver.fail((await driver.dequeue([queue], 1, wait=1))[0], "x")

@@ -1,0 +1,3 @@
+from asynctasq.cli import main
+
+main()

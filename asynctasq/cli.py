@@ -1,0 +1,425 @@
+"""The command line: parses flags, builds a Config, hands off. ``python -m asynctasq --help``."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from asynctasq.config import Config, SettingInfo
+from asynctasq.errors import AsyncTasQError, UnsupportedOperation
+
+app = typer.Typer(
+    name="asynctasq",
+    help="asynctasq: run workers, dispatch tasks and inspect queues.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+failed_app = typer.Typer(help="List, requeue or purge tasks in the failed registry.", no_args_is_help=True)
+app.add_typer(failed_app, name="failed")
+
+F = TypeVar("F", bound=Callable[..., Any])
+_PANELS = {
+    "general": "Tasks",
+    "worker": "Worker",
+    "sqlite": "SQLite",
+    "redis": "Redis",
+    "postgres": "PostgreSQL",
+    "mysql": "MySQL",
+    "sqs": "SQS",
+    "rabbitmq": "RabbitMQ",
+}
+_SCALARS: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _option(setting: SettingInfo) -> inspect.Parameter:
+    base = setting.type.replace(" ", "").removesuffix("|None")
+    repeatable = base == "list[str]" and setting.name != "queues"
+    py_type: Any = list[str] if repeatable else _SCALARS.get(base, str)
+    default = setting.default
+    shown = ",".join(default) if isinstance(default, list) else default
+    details = f"env {setting.env}"
+    if shown not in (None, "", []):
+        details += f"; default {shown}"
+    if setting.choices:
+        details += f"; one of {', '.join(setting.choices)}"
+    help_text = f"{setting.help} ({details})"
+    if base == "bool":
+        decl = [f"--{setting.flag}/--no-{setting.flag}"]
+    else:
+        decl = [f"--{setting.flag}"]
+    option = typer.Option(*decl, help=help_text, show_default=False, rich_help_panel=_PANELS[setting.group])
+    return inspect.Parameter(
+        setting.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[Optional[py_type], option],  # noqa: UP045 - typer reads this form
+    )
+
+
+def with_settings(*groups: str) -> Callable[[F], F]:
+    """Add a ``--x-y`` option for every Config setting in ``groups`` (all driver groups always);
+    the command receives them collected as ``flags``: only those given on the command line."""
+    wanted = set(groups) | {"sqlite", "redis", "postgres", "mysql", "sqs", "rabbitmq"}
+
+    def decorate(func: F) -> F:
+        sig = inspect.signature(func, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != "flags"]
+        names = {p.name for p in own}
+        extra = [_option(s) for s in Config.settings() if s.group in wanted and s.name not in names]
+        extra_names = {p.name for p in extra}
+
+        @functools.wraps(func)
+        def wrapper(**kwargs: Any) -> Any:
+            flags = {k: kwargs.pop(k) for k in list(kwargs) if k in extra_names}
+            flags = {k: v for k, v in flags.items() if v is not None and v != []}
+            return func(flags=flags, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _config(flags: dict[str, Any]) -> Config:
+    try:
+        return Config(**flags)
+    except AsyncTasQError as exc:
+        raise _fail(str(exc), 2) from None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _import_tasks(config: Config) -> None:
+    for entry in reversed(["", *config.path]):
+        path = os.path.abspath(entry) if entry else os.getcwd()
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    for module in config.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise _fail(f"cannot import {module!r} ({exc}); check --import and --path") from None
+
+
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    from asynctasq.utils.loop import run
+
+    try:
+        return run(coro)
+    except AsyncTasQError as exc:
+        raise _fail(str(exc)) from None
+    except (ConnectionError, OSError) as exc:
+        raise _fail(f"broker unreachable: {exc}") from None
+
+
+async def _with_driver(config: Config, body: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    from asynctasq.core.driver_factory import DriverFactory
+
+    driver = DriverFactory.create_from_config(config)
+    await driver.connect()
+    try:
+        return await body(driver)
+    finally:
+        await driver.disconnect()
+
+
+# -- worker ------------------------------------------------------------------------------
+
+
+@app.command()
+@with_settings("general", "worker")
+def worker(
+    queue_names: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Argument(
+            metavar="[QUEUE]...", help="Queues in priority order (same as --queues).", show_default=False
+        ),
+    ] = None,
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Run a worker: take tasks from the queues and run them until stopped.
+
+    The first SIGTERM/SIGINT stops fetching and lets running tasks finish (up to
+    --shutdown-timeout); a second one gives them back at once. Exit code 0 on a clean stop.
+    """
+    if queue_names:
+        flags["queues"] = [q for name in queue_names for q in name.split(",") if q]
+    config = _config(flags)
+    _setup_logging(config.log_level)
+    _import_tasks(config)
+
+    async def main(driver: Any) -> None:
+        from asynctasq.core.worker import Worker
+
+        await Worker.from_config(driver, config).start()
+
+    _run(_with_driver(config, main))
+
+
+# -- producing ---------------------------------------------------------------------------
+
+
+def _dispatch(
+    task_name: str, args: str, kwargs: str, queue: str | None, delay: float, flags: dict[str, Any]
+) -> None:
+    config = _config(flags)
+    _import_tasks(config)
+    from asynctasq.registry import registry
+    from asynctasq.task import TaskCall
+
+    try:
+        definition = registry.resolve(task_name)
+        parsed_args = json.loads(args)
+        parsed_kwargs = json.loads(kwargs)
+    except AsyncTasQError as exc:
+        raise _fail(str(exc)) from None
+    except json.JSONDecodeError as exc:
+        raise _fail(f"--args and --kwargs take JSON ({exc})", 2) from None
+    if not isinstance(parsed_args, list) or not isinstance(parsed_kwargs, dict):
+        raise _fail("--args takes a JSON list and --kwargs a JSON object", 2)
+
+    async def main(driver: Any) -> str:
+        import asynctasq
+
+        asynctasq.configure(config)
+        call = TaskCall(definition, tuple(parsed_args), parsed_kwargs)
+        if queue:
+            call.on_queue(queue)
+        return await call.delay(delay).dispatch(driver)
+
+    typer.echo(_run(_with_driver(config, main)))
+
+
+_ARGS = typer.Option("--args", help="Positional arguments as a JSON list.")
+_KWARGS = typer.Option("--kwargs", help="Keyword arguments as a JSON object.")
+_QUEUE = typer.Option("--queue", "-q", help="Queue (default: the task's).")
+_DELAY = typer.Option("--delay", help="Seconds before the task becomes visible.")
+
+
+@app.command()
+@with_settings("general", "worker")
+def dispatch(
+    task_name: Annotated[str, typer.Argument(help="Registered task name, e.g. myapp.tasks.send_email.")],
+    args: Annotated[str, _ARGS] = "[]",
+    kwargs: Annotated[str, _KWARGS] = "{}",
+    queue: Annotated[Optional[str], _QUEUE] = None,  # noqa: UP045
+    delay: Annotated[float, _DELAY] = 0.0,
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Dispatch a registered task (import its module with --import); prints the task id."""
+    _dispatch(task_name, args, kwargs, queue, delay, flags)
+
+
+@app.command(name="enqueue")
+@with_settings("general", "worker")
+def enqueue(
+    task_name: Annotated[str, typer.Argument(help="Registered task name.")],
+    args: Annotated[str, _ARGS] = "[]",
+    kwargs: Annotated[str, _KWARGS] = "{}",
+    queue: Annotated[Optional[str], _QUEUE] = None,  # noqa: UP045
+    delay: Annotated[float, _DELAY] = 0.0,
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Same as dispatch."""
+    _dispatch(task_name, args, kwargs, queue, delay, flags)
+
+
+# -- inspecting ----------------------------------------------------------------------------
+
+
+@app.command()
+@with_settings("general", "worker")
+def info(*, flags: dict[str, Any]) -> None:
+    """Show queue sizes of --queues and the registered workers."""
+    config = _config(flags)
+
+    async def main(driver: Any) -> None:
+        try:
+            stats = await driver.stats(config.queues)
+        except UnsupportedOperation as exc:
+            typer.echo(str(exc))
+        else:
+            typer.echo(f"{'queue':<24}{'ready':>9}{'delayed':>9}{'leased':>9}{'failed':>9}")
+            for name, s in stats.items():
+                typer.echo(f"{name:<24}{s['ready']:>9}{s['delayed']:>9}{s['leased']:>9}{s['failed']:>9}")
+        try:
+            workers = await driver.list_workers()
+        except UnsupportedOperation as exc:
+            typer.echo(str(exc))
+            return
+        typer.echo(f"\n{len(workers)} worker(s)")
+        for w in workers:
+            age = time.time() - float(w.get("last_heartbeat", time.time()))
+            typer.echo(
+                f"{w.get('name')}  {w.get('state', '?')}  "
+                f"host={w.get('hostname', '?')} pid={w.get('pid', '?')} "
+                f"queues={','.join(w.get('queues', []))} ok={w.get('successful', 0)} "
+                f"failed={w.get('failed', 0)} working={w.get('working_time_s', 0)}s "
+                f"current={','.join(w.get('current_tasks', [])) or '-'} seen={age:.0f}s ago"
+            )
+
+    _run(_with_driver(config, main))
+
+
+@app.command()
+@with_settings("general", "worker")
+def shutdown(
+    worker_name: Annotated[str, typer.Argument(help="Worker name, as `info` lists it.")],
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Ask a running worker to shut down gracefully (like SIGTERM)."""
+    config = _config(flags)
+
+    async def main(driver: Any) -> None:
+        await driver.send_command(worker_name, {"command": "shutdown"})
+
+    _run(_with_driver(config, main))
+    typer.echo(f"shutdown sent to {worker_name}")
+
+
+@app.command(name="stop-task")
+@with_settings("general", "worker")
+def stop_task(
+    task_id: Annotated[str, typer.Argument(help="Id of a running task.")],
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Stop a running task; it goes to the failed registry as stopped."""
+    config = _config(flags)
+
+    async def main(driver: Any) -> bool:
+        for w in await driver.list_workers():
+            if task_id in w.get("current_tasks", []):
+                await driver.send_command(w["name"], {"command": "stop-task", "task_id": task_id})
+                typer.echo(f"stop sent to {w['name']}")
+                return True
+        return False
+
+    if not _run(_with_driver(config, main)):
+        raise _fail(f"no registered worker is running task {task_id}")
+
+
+@app.command()
+@with_settings("general")
+def migrate(*, flags: dict[str, Any]) -> None:
+    """Create or upgrade the broker's schema (SQL drivers)."""
+    config = _config(flags)
+    _setup_logging("INFO")
+
+    from asynctasq.core.driver_factory import DriverFactory
+
+    driver = DriverFactory.create_from_config(config)
+    run_migrations = getattr(driver, "migrate", None)
+    if run_migrations is None:
+        typer.echo(f"the {config.driver} driver has no schema to migrate")
+        return
+    applied: list[str] = _run(run_migrations())
+    typer.echo("\n".join(applied) if applied else f"{config.driver}: schema is up to date")
+
+
+# -- failed registry -----------------------------------------------------------------------
+
+
+@failed_app.command("list")
+@with_settings("general")
+def failed_list(
+    queue: Annotated[Optional[str], typer.Option("--queue", "-q", help="Only this queue.")] = None,  # noqa: UP045
+    limit: Annotated[int, typer.Option(help="Most entries shown.")] = 50,
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """List failed tasks with their error."""
+    config = _config(flags)
+
+    async def main(driver: Any) -> None:
+        from asynctasq.message import Envelope
+
+        entries = await driver.failed_list(queue, limit)
+        for e in entries:
+            try:
+                env = Envelope.decode(e["body"], accept_pickle=False)
+                what = f"{env.task} [{env.id}]"
+            except AsyncTasQError:
+                what = "<undecodable>"
+            error = (e["error"].strip().splitlines() or ["?"])[-1]
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["failed_at"]))
+            typer.echo(f"{e['id']}  {stamp}  {e['queue']}  {what}  {error}")
+        typer.echo(f"{len(entries)} failed task(s)")
+
+    _run(_with_driver(config, main))
+
+
+@failed_app.command("requeue")
+@with_settings("general")
+def failed_requeue(
+    ids: Annotated[Optional[list[str]], typer.Argument(help="Ids from `failed list`.")] = None,  # noqa: UP045
+    queue: Annotated[Optional[str], typer.Option("--queue", "-q", help="Only this queue.")] = None,  # noqa: UP045
+    all_: Annotated[bool, typer.Option("--all", help="Every failed task.")] = False,
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Put failed tasks back on their queue."""
+    if not ids and not queue and not all_:
+        raise _fail("name ids, --queue or --all", 2)
+    config = _config(flags)
+
+    async def main(driver: Any) -> int:
+        count: int = await driver.failed_requeue(ids or None, queue)
+        return count
+
+    typer.echo(f"requeued {_run(_with_driver(config, main))} task(s)")
+
+
+@failed_app.command("purge")
+@with_settings("general")
+def failed_purge(
+    ids: Annotated[Optional[list[str]], typer.Argument(help="Ids from `failed list`.")] = None,  # noqa: UP045
+    queue: Annotated[Optional[str], typer.Option("--queue", "-q", help="Only this queue.")] = None,  # noqa: UP045
+    all_: Annotated[bool, typer.Option("--all", help="Every failed task.")] = False,
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Delete failed tasks for good."""
+    if not ids and not queue and not all_:
+        raise _fail("name ids, --queue or --all", 2)
+    config = _config(flags)
+
+    async def main(driver: Any) -> int:
+        count: int = await driver.failed_purge(ids or None, queue)
+        return count
+
+    typer.echo(f"purged {_run(_with_driver(config, main))} task(s)")
+
+
+def main() -> None:
+    app()

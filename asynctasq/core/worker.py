@@ -1,0 +1,709 @@
+"""The worker: fetch loop, concurrency, leases, retries, results and shutdown.
+
+Everything a task's life needs beyond moving bytes lives here, once, for every driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
+
+from asynctasq.drivers.base import BaseDriver, Delivery, WorkerInfo, validate_queue_name
+from asynctasq.errors import (
+    ConfigError,
+    DriverError,
+    ProcessLost,
+    Retry,
+    SerializationError,
+    TaskTimeout,
+    UnknownTaskError,
+)
+from asynctasq.message import Envelope
+from asynctasq.registry import Registry, TaskDefinition
+from asynctasq.registry import registry as default_registry
+from asynctasq.serializers import BaseSerializer, MsgpackSerializer
+from asynctasq.utils import systemd
+
+if TYPE_CHECKING:
+    from asynctasq.config import Config
+    from asynctasq.process_pool import ProcessPool
+
+log = logging.getLogger("asynctasq.worker")
+
+DEFAULT_CONCURRENCY = 10
+DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
+DEFAULT_HEARTBEAT_INTERVAL_S = 10.0
+DEFAULT_RESULTS_TTL_S = 500.0
+DEFAULT_MAX_RETRY_DELAY_S = 3600.0
+FETCH_WAIT_S = 1.0
+"""Longest blocking dequeue; bounds how long a stop waits for an outstanding fetch."""
+COMMAND_POLL_INTERVAL_S = 1.0
+DRIVER_ERROR_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+TaskContextFactory = Callable[[Envelope], AbstractAsyncContextManager[Any]]
+"""Called for every task with its envelope; the task runs inside the returned context."""
+
+_STOPPED = "stopped by request"
+_SHUTDOWN = "worker shutting down"
+
+
+class _Running:
+    __slots__ = ("delivery", "envelope", "reason", "started", "task")
+
+    def __init__(self, delivery: Delivery, task: asyncio.Task[None]) -> None:
+        self.delivery = delivery
+        self.task = task
+        self.envelope: Envelope | None = None
+        self.started = time.monotonic()
+        self.reason: str | None = None  # why it was cancelled, if it was
+
+
+class Worker:
+    """Runs tasks from ``queues`` of ``queue_driver``.
+
+    Arguments:
+        queue_driver: a connected :class:`~asynctasq.drivers.base.BaseDriver`.
+        queues: queue names in priority order.
+        concurrency: most tasks in flight at once; fetches ask only for free slots.
+        max_tasks: take exactly this many tasks, finish them, then return.
+        serializer: how results are encoded (tasks are decoded in whatever format they came).
+        worker_id: the name in the worker registry (default ``host.pid.random``).
+        heartbeat_interval: seconds between worker-registry heartbeats.
+        process_pool_size / process_pool_max_tasks_per_child: the pool for ``process=True`` tasks.
+        burst: return once the queues are empty and running tasks are done.
+        max_idle_time: return after this many seconds with no task.
+        dequeue_strategy: ``round_robin`` (default), ``priority`` or ``random``.
+        shutdown_timeout: seconds running tasks get after SIGTERM/SIGINT before they are
+            cancelled and given back.
+        results_ttl: seconds results are kept (0: none; skipped if the driver has no results).
+        max_retry_delay: cap of the exponential backoff, seconds.
+        accept_pickle: accept pickled messages (only with brokers nobody untrusted can write to).
+        task_context: ``f(envelope) -> async context manager`` every task runs inside
+            (app contexts, DB sessions, tracing).
+        registry: where task names resolve (default: the global one).
+        install_signal_handlers: handle SIGTERM/SIGINT (main thread only).
+        imports / sys_path: modules the process pool's children import.
+    """
+
+    def __init__(
+        self,
+        queue_driver: BaseDriver,
+        queues: Sequence[str] = ("default",),
+        concurrency: int = DEFAULT_CONCURRENCY,
+        max_tasks: int | None = None,
+        serializer: BaseSerializer | None = None,
+        worker_id: str | None = None,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_S,
+        process_pool_size: int | None = None,
+        process_pool_max_tasks_per_child: int | None = None,
+        burst: bool = False,
+        max_idle_time: float | None = None,
+        dequeue_strategy: str = "round_robin",
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+        *,
+        results_ttl: float = DEFAULT_RESULTS_TTL_S,
+        max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY_S,
+        accept_pickle: bool = False,
+        task_context: TaskContextFactory | None = None,
+        registry: Registry | None = None,
+        install_signal_handlers: bool = True,
+        imports: Sequence[str] = (),
+        sys_path: Sequence[str] = (),
+    ) -> None:
+        if isinstance(queues, str):
+            queues = [q for q in queues.split(",") if q]
+        if not queues:
+            raise ConfigError("a worker needs at least one queue")
+        if concurrency < 1:
+            raise ConfigError("concurrency must be at least 1")
+        if max_tasks is not None and max_tasks < 1:
+            raise ConfigError("max_tasks must be at least 1")
+        if dequeue_strategy not in ("round_robin", "priority", "random"):
+            raise ConfigError(
+                f"unknown dequeue strategy {dequeue_strategy!r}: use round_robin, priority or random"
+            )
+        self.driver = queue_driver
+        self.queues = [validate_queue_name(q) for q in queues]
+        self.concurrency = concurrency
+        self.max_tasks = max_tasks
+        self.serializer = serializer or MsgpackSerializer()
+        self.name = worker_id or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+        self.heartbeat_interval = heartbeat_interval
+        self.burst = burst
+        self.max_idle_time = max_idle_time
+        self.dequeue_strategy = dequeue_strategy
+        self.shutdown_timeout = shutdown_timeout
+        self.results_ttl = results_ttl
+        self.max_retry_delay = max_retry_delay
+        self.accept_pickle = accept_pickle
+        self.task_context = task_context
+        self.registry = registry or default_registry
+        self.install_signal_handlers = install_signal_handlers
+        self.process_pool_size = process_pool_size
+        self.process_pool_max_tasks_per_child = process_pool_max_tasks_per_child
+        self.imports = list(imports)
+        self.sys_path = list(sys_path)
+
+        self.processed = 0
+        self.succeeded = 0
+        self.failed = 0
+        self.retried = 0
+        self.working_time_s = 0.0
+        self.started_at = 0.0
+        self.state = "created"
+
+        self._running: dict[str, _Running] = {}  # delivery id -> running task
+        self._held: dict[str, Delivery] = {}  # every lease we hold: running or awaiting ack
+        self._acks: list[Delivery] = []
+        self._results: list[tuple[str, bytes]] = []
+        self._flush_wanted = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._stop_deadline = 0.0
+        self._fetched = 0
+        self._rr_offset = 0
+        self._pool: ProcessPool | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._store_results = results_ttl > 0 and queue_driver.supports("results")
+
+    @classmethod
+    def from_config(cls, driver: BaseDriver, config: Config, **overrides: Any) -> Worker:
+        """A worker with the worker settings of ``config`` (``overrides`` win)."""
+        settings: dict[str, Any] = dict(
+            queues=config.queues,
+            concurrency=config.concurrency,
+            max_tasks=config.max_tasks,
+            worker_id=config.worker_name,
+            heartbeat_interval=config.heartbeat_interval,
+            process_pool_size=config.process_pool_size,
+            process_pool_max_tasks_per_child=config.process_pool_max_tasks_per_child,
+            burst=config.burst,
+            max_idle_time=config.max_idle_time,
+            dequeue_strategy=config.dequeue_strategy,
+            shutdown_timeout=config.shutdown_timeout,
+            results_ttl=config.results_ttl,
+            max_retry_delay=config.max_retry_delay,
+            accept_pickle=config.serializer == "pickle",
+            imports=config.imports,
+            sys_path=config.path,
+        )
+        settings.update(overrides)
+        return cls(driver, **settings)
+
+    # -- public control ------------------------------------------------------------------
+
+    def stop(self, *, force: bool = False) -> None:
+        """Ask the worker to stop: finish running tasks for up to ``shutdown_timeout`` (or, with
+        ``force``, give them back now)."""
+        if force:
+            if not self._force.is_set():
+                log.warning("stopping now: giving back %d running task(s)", len(self._running))
+            self._force.set()
+            for running in list(self._running.values()):
+                self._cancel(running, _SHUTDOWN)
+        if not self._stop.is_set():
+            self._stop_deadline = asyncio.get_running_loop().time() + self.shutdown_timeout
+            self._stop.set()
+        self._slot_freed.set()
+
+    def stop_task(self, task_id: str) -> bool:
+        """Cancel the running task ``task_id``; it goes to the failed registry as stopped."""
+        for running in list(self._running.values()):
+            if running.envelope is not None and running.envelope.id == task_id:
+                self._cancel(running, _STOPPED)
+                return True
+        return False
+
+    @property
+    def current_task_ids(self) -> list[str]:
+        return [r.envelope.id for r in self._running.values() if r.envelope is not None]
+
+    # -- main loop -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Run until SIGTERM/SIGINT, :meth:`stop`, the end of a burst, ``max_tasks`` or idleness."""
+        loop = asyncio.get_running_loop()
+        self.started_at = time.time()
+        self.state = "starting"
+        installed = self._install_signals(loop)
+        try:
+            await self._start_pool()
+            self._background = [
+                loop.create_task(self._flush_loop(), name="asynctasq-ack-flush"),
+                loop.create_task(self._lease_loop(), name="asynctasq-leases"),
+                loop.create_task(self._registry_loop(), name="asynctasq-registry"),
+            ]
+            log.info(
+                "worker %s listening on %s (%s, concurrency %d, %s)",
+                self.name,
+                ", ".join(self.queues),
+                self.driver.describe(),
+                self.concurrency,
+                self.dequeue_strategy,
+            )
+            systemd.notify("READY=1", f"STATUS=listening on {', '.join(self.queues)}")
+            self.state = "idle"
+            await self._fetch_loop()
+            systemd.notify("STOPPING=1")
+            self.state = "stopping"
+            await self._drain()
+        finally:
+            await self._shutdown_background()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            self.state = "stopped"
+            log.info(
+                "worker %s stopped: %d processed, %d succeeded, %d failed, %d retried",
+                self.name,
+                self.processed,
+                self.succeeded,
+                self.failed,
+                self.retried,
+            )
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        if not self.install_signal_handlers:
+            return []
+        installed: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (RuntimeError, ValueError, NotImplementedError):
+                continue  # not the main thread, or no signal support: the embedder stops us
+            installed.append(sig)
+        return installed
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if self._stop.is_set():
+            log.warning("%s again: giving running tasks back now", name)
+            self.stop(force=True)
+        else:
+            log.info(
+                "%s: finishing %d running task(s) (up to %ss); send it again to stop at once",
+                name,
+                len(self._running),
+                self.shutdown_timeout,
+            )
+            self.stop()
+
+    def _queue_order(self) -> list[str]:
+        queues = self.queues
+        if len(queues) == 1 or self.dequeue_strategy == "priority":
+            return queues
+        if self.dequeue_strategy == "random":
+            return random.sample(queues, len(queues))
+        offset = self._rr_offset
+        self._rr_offset = (offset + 1) % len(queues)
+        return queues[offset:] + queues[:offset]
+
+    async def _fetch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        idle_since = loop.time()
+        failures = 0
+        while not self._stop.is_set():
+            free = self.concurrency - len(self._running)
+            if self.max_tasks is not None:
+                free = min(free, self.max_tasks - self._fetched)
+                if free <= 0 and self._fetched >= self.max_tasks:
+                    log.info("max tasks (%d) reached", self.max_tasks)
+                    return
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            wait = 0.0 if self.burst else FETCH_WAIT_S
+            if self.max_idle_time is not None and not self._running:
+                wait = max(0.0, min(wait, idle_since + self.max_idle_time - loop.time()))
+            try:
+                deliveries = await self.driver.dequeue(self._queue_order(), free, wait)
+                failures = 0
+            except (DriverError, OSError, ConnectionError) as exc:
+                delay = DRIVER_ERROR_BACKOFF_S[min(failures, len(DRIVER_ERROR_BACKOFF_S) - 1)]
+                failures += 1
+                log.error("fetching from %s failed (%s); retrying in %ss", self.driver.describe(), exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                continue
+            if deliveries:
+                idle_since = loop.time()
+                if self._stop.is_set():
+                    await self._give_back(deliveries)
+                    return
+                self._fetched += len(deliveries)
+                for delivery in deliveries:
+                    self._held[delivery.id] = delivery
+                    task = loop.create_task(self._run(delivery))
+                    self._running[delivery.id] = _Running(delivery, task)
+                self.state = "busy"
+                continue
+            if not self._running:
+                self.state = "idle"
+                if self.burst:
+                    log.info("no more work, burst finished")
+                    return
+                if self.max_idle_time is not None and loop.time() - idle_since >= self.max_idle_time:
+                    log.info("idle for %ss, stopping", self.max_idle_time)
+                    return
+            elif self.burst:
+                # the queues are empty but tasks run: wait for one to end (it may retry)
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+
+    async def _give_back(self, deliveries: Sequence[Delivery]) -> None:
+        for d in deliveries:
+            try:
+                await self.driver.release(d)
+            except Exception as exc:  # noqa: BLE001 - the lease expires and it comes back anyway
+                log.warning("could not give back %s (%s); it returns when its lease expires", d.id, exc)
+
+    async def _drain(self) -> None:
+        """Let running tasks finish: without limit after a natural end (burst, max_tasks, idle),
+        up to ``shutdown_timeout`` after a stop request; then cancel and give back the rest."""
+        loop = asyncio.get_running_loop()
+        while self._running and not self._force.is_set():
+            timeout = None
+            if self._stop.is_set():
+                timeout = self._stop_deadline - loop.time()
+                if timeout <= 0:
+                    break
+            waiters = [
+                asyncio.ensure_future(asyncio.wait([r.task for r in self._running.values()])),
+                asyncio.ensure_future(self._force.wait()),
+            ]
+            if not self._stop.is_set():
+                waiters.append(asyncio.ensure_future(self._stop.wait()))
+            try:
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+        leftover = list(self._running.values())
+        if leftover:
+            log.warning("giving back %d task(s) that did not finish in time", len(leftover))
+            for r in leftover:
+                self._cancel(r, _SHUTDOWN)
+            await asyncio.gather(*(r.task for r in leftover), return_exceptions=True)
+        await self._flush()
+
+    def _cancel(self, running: _Running, reason: str) -> None:
+        if running.reason is None:
+            running.reason = reason
+        running.task.cancel()
+
+    # -- running one task ------------------------------------------------------------------
+
+    async def _run(self, delivery: Delivery) -> None:
+        running = self._running[delivery.id]
+        started = time.monotonic()
+        try:
+            try:
+                env = Envelope.decode(delivery.body, accept_pickle=self.accept_pickle)
+            except SerializationError as exc:
+                log.error("message %s on %s cannot be decoded: %s", delivery.id, delivery.queue, exc)
+                await self._fail(delivery, None, f"SerializationError: {exc}")
+                return
+            running.envelope = env
+            attempt = env.attempt + delivery.delivery_count - 1
+            if attempt > env.max_attempts:
+                await self._fail(
+                    delivery,
+                    env,
+                    f"worker lost: the worker running attempt {attempt - 1} of {env.max_attempts} "
+                    f"died or lost its lease (lease {self.driver.lease_seconds}s)",
+                )
+                return
+            definition = self.registry.get(env.task)
+            if definition is None:
+                try:
+                    self.registry.resolve(env.task)
+                except UnknownTaskError as exc:
+                    log.error("%s", exc)
+                    await self._fail(delivery, env, f"UnknownTaskError: {exc}")
+                return
+            try:
+                value = await self._execute(definition, env)
+            except asyncio.CancelledError:
+                if running.reason is None:
+                    raise
+                if running.reason == _STOPPED:
+                    await self._fail(delivery, env, "stopped: " + _STOPPED)
+                else:
+                    await self._give_back([delivery])
+                return
+            except Retry as exc:
+                await self._retry(delivery, env, attempt, exc, exc.delay)
+                return
+            except Exception as exc:  # noqa: BLE001 - the task's own failure, recorded
+                await self._retry(delivery, env, attempt, exc, None)
+                return
+            self.succeeded += 1
+            if self._store_results:
+                self._results.append((env.id, self._encode_result({"status": "ok", "value": value})))
+            self._acks.append(delivery)
+            self._flush_wanted.set()
+        except asyncio.CancelledError:
+            if running.reason is None:
+                raise
+        except Exception:
+            log.exception(
+                "recording the outcome of %s failed; it will run again after its lease", delivery.id
+            )
+            self._held.pop(delivery.id, None)
+        finally:
+            self.processed += 1
+            self.working_time_s += time.monotonic() - started
+            del self._running[delivery.id]
+            self._slot_freed.set()
+
+    async def _execute(self, definition: TaskDefinition, env: Envelope) -> Any:
+        timeout = env.timeout
+        if definition.process:
+            if self._pool is None:
+                raise RuntimeError(f"task {env.task!r} has process=True but this worker has no process pool")
+            return await self._pool.run(env.task, env.args, env.kwargs, timeout)
+        if self.task_context is None:
+            return await self._call(definition, env, timeout)
+        async with self.task_context(env):
+            return await self._call(definition, env, timeout)
+
+    async def _call(self, definition: TaskDefinition, env: Envelope, timeout: float | None) -> Any:
+        if definition.is_async:
+            if timeout is None:
+                return await definition.invoke(env.args, env.kwargs)
+            try:
+                async with asyncio.timeout(timeout) as cm:
+                    return await definition.invoke(env.args, env.kwargs)
+            except TimeoutError:
+                if cm.expired():
+                    raise TaskTimeout(f"timed out after {timeout}s") from None
+                raise
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, definition.invoke, env.args, env.kwargs)
+        if timeout is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            # a thread cannot be killed: it runs on, its outcome is ignored
+            raise TaskTimeout(f"timed out after {timeout}s (its thread keeps running)") from None
+
+    def _backoff(self, env: Envelope, attempt: int) -> float:
+        base = min(self.max_retry_delay, env.retry_after * 2.0 ** (attempt - 1))
+        return base * (0.5 + random.random() / 2)
+
+    async def _retry(
+        self, delivery: Delivery, env: Envelope, attempt: int, exc: BaseException, delay: float | None
+    ) -> None:
+        error = _describe(exc)
+        if attempt >= env.max_attempts:
+            log.error(
+                "task %s %s failed on attempt %d/%d: %s",
+                env.task,
+                env.id,
+                attempt,
+                env.max_attempts,
+                error.splitlines()[0] if error else exc,
+            )
+            await self._fail(delivery, env, error)
+            return
+        delay = self._backoff(env, attempt) if delay is None else max(0.0, delay)
+        env.attempt = attempt + 1
+        log.warning(
+            "task %s %s failed on attempt %d/%d (%s); retrying in %.2fs",
+            env.task,
+            env.id,
+            attempt,
+            env.max_attempts,
+            type(exc).__name__,
+            delay,
+        )
+        self.retried += 1
+        self._held.pop(delivery.id, None)
+        if not await self.driver.release(delivery, delay, body=env.encode(self._body_serializer(delivery))):
+            log.warning(
+                "task %s %s: lease lost before the retry was recorded; another worker has it",
+                env.task,
+                env.id,
+            )
+
+    def _body_serializer(self, delivery: Delivery) -> BaseSerializer:
+        from asynctasq.serializers import get_serializer
+
+        first = delivery.body[:1]
+        if first == b"{":
+            return get_serializer("json")
+        if first == b"\x80" and self.accept_pickle:
+            return get_serializer("pickle")
+        return get_serializer("msgpack")
+
+    async def _fail(self, delivery: Delivery, env: Envelope | None, error: str) -> None:
+        self.failed += 1
+        self._held.pop(delivery.id, None)
+        if not await self.driver.fail(delivery, error):
+            log.warning("message %s: lease lost before the failure was recorded", delivery.id)
+            return
+        if env is not None and self._store_results:
+            self._results.append((env.id, self._encode_result({"status": "failed", "error": error})))
+            self._flush_wanted.set()
+
+    def _encode_result(self, record: dict[str, Any]) -> bytes:
+        try:
+            return self.serializer.dumps(record)
+        except SerializationError as exc:
+            value = record.get("value")
+            return self.serializer.dumps(
+                {
+                    "status": "ok",
+                    "value": None,
+                    "error": f"the result ({type(value).__name__}) could not be stored: {exc}",
+                }
+            )
+
+    # -- background loops ----------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        acks, self._acks = self._acks, []
+        results, self._results = self._results, []
+        if acks:
+            for d in acks:
+                self._held.pop(d.id, None)
+            done = await self.driver.ack(acks)
+            if done != len(acks):
+                log.warning(
+                    "%d of %d acks came too late (lease lost); those tasks may run again",
+                    len(acks) - done,
+                    len(acks),
+                )
+        if results:
+            await self.driver.store_results(results, self.results_ttl)
+
+    async def _flush_loop(self) -> None:
+        failures = 0
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            try:
+                await self._flush()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep the worker alive; leases cover us
+                delay = DRIVER_ERROR_BACKOFF_S[min(failures, len(DRIVER_ERROR_BACKOFF_S) - 1)]
+                failures += 1
+                log.error("acknowledging tasks failed (%s); retrying in %ss", exc, delay)
+                await asyncio.sleep(delay)
+                self._flush_wanted.set()
+
+    async def _lease_loop(self) -> None:
+        interval = max(self.driver.lease_seconds / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            held = list(self._held.values())
+            if not held:
+                continue
+            try:
+                kept = await self.driver.extend(held, self.driver.lease_seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - next beat tries again
+                log.error("extending %d lease(s) failed: %s", len(held), exc)
+                continue
+            if kept < len(held):
+                log.warning("%d lease(s) were lost; those tasks may run again elsewhere", len(held) - kept)
+            systemd.notify("WATCHDOG=1")
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            name=self.name,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            queues=list(self.queues),
+            state=self.state,
+            current_tasks=self.current_task_ids,
+            successful=self.succeeded,
+            failed=self.failed,
+            working_time_s=round(self.working_time_s, 3),
+            started_at=self.started_at,
+            last_heartbeat=time.time(),
+        )
+
+    async def _registry_loop(self) -> None:
+        registers = self.driver.supports("workers")
+        commands = self.driver.supports("control")
+        if not (registers or commands):
+            return
+        last_beat = 0.0
+        while True:
+            try:
+                now = time.monotonic()
+                if registers and now - last_beat >= self.heartbeat_interval:
+                    await self.driver.register_worker(self.info(), ttl=self.heartbeat_interval * 3)
+                    last_beat = now
+                if commands:
+                    for command in await self.driver.receive_commands(self.name):
+                        self._on_command(command)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                log.warning("worker registry heartbeat failed: %s", exc)
+            await asyncio.sleep(min(COMMAND_POLL_INTERVAL_S, self.heartbeat_interval))
+
+    def _on_command(self, command: dict[str, Any]) -> None:
+        kind = command.get("command")
+        if kind == "shutdown":
+            log.info("shutdown requested remotely")
+            self.stop()
+        elif kind == "stop-task":
+            task_id = str(command.get("task_id"))
+            if self.stop_task(task_id):
+                log.info("stopping task %s as requested", task_id)
+        else:
+            log.warning("ignoring unknown command %r", command)
+
+    async def _start_pool(self) -> None:
+        if not any(d.process for d in (self.registry.get(n) for n in self.registry.names()) if d):
+            return
+        try:
+            from asynctasq.process_pool import ProcessPool
+        except ImportError:
+            return
+        self._pool = ProcessPool(
+            self.process_pool_size,
+            max_tasks_per_child=self.process_pool_max_tasks_per_child,
+            imports=self.imports,
+            sys_path=self.sys_path,
+        )
+        await self._pool.start()
+
+    async def _shutdown_background(self) -> None:
+        if self.driver.supports("workers"):
+            with contextlib.suppress(Exception):
+                await self.driver.deregister_worker(self.name)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background = []
+        if self._pool is not None:
+            await self._pool.close(timeout=0)
+            self._pool = None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TaskTimeout | ProcessLost):
+        return f"{type(exc).__name__}: {exc}"
+    text = "".join(traceback.format_exception(exc))
+    remote = getattr(exc, "remote_traceback", None)
+    return f"{text}\n{remote}" if remote else text

@@ -1,0 +1,99 @@
+"""The versioned wire envelope every driver carries as opaque bytes.
+
+Version 1 is a map with the keys ``v id task args kwargs queue attempt max_attempts timeout
+retry_after enqueued_at``, encoded with msgpack (default), JSON or (opt-in) pickle. A worker
+refuses versions newer than it knows, with a message that says to upgrade it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from asynctasq.errors import SerializationError
+from asynctasq.serializers import BaseSerializer, loads_any
+
+ENVELOPE_VERSION = 1
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Envelope:
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    queue: str
+    id: str = field(default_factory=new_task_id)
+    attempt: int = 1
+    """The attempt this delivery is (1 on the first run); retries write attempt + 1."""
+    max_attempts: int = 3
+    timeout: float | None = None
+    retry_after: float = 1.0
+    enqueued_at: float = field(default_factory=time.time)
+
+    def encode(self, serializer: BaseSerializer) -> bytes:
+        try:
+            return serializer.dumps(
+                {
+                    "v": ENVELOPE_VERSION,
+                    "id": self.id,
+                    "task": self.task,
+                    "args": self.args,
+                    "kwargs": self.kwargs,
+                    "queue": self.queue,
+                    "attempt": self.attempt,
+                    "max_attempts": self.max_attempts,
+                    "timeout": self.timeout,
+                    "retry_after": self.retry_after,
+                    "enqueued_at": self.enqueued_at,
+                }
+            )
+        except SerializationError as exc:
+            raise SerializationError(
+                f"cannot encode the arguments of task {self.task!r} with the {serializer.name} "
+                f"serializer: {exc}. Pass plain values (str, int, float, bool, None, list, dict"
+                f"{', bytes, datetime, Decimal, UUID, set' if serializer.name == 'msgpack' else ''}), "
+                "or opt in to pickle with serializer='pickle'"
+            ) from None
+
+    @classmethod
+    def decode(cls, data: bytes, *, accept_pickle: bool = False) -> Envelope:
+        raw = loads_any(data, accept_pickle=accept_pickle)
+        if not isinstance(raw, dict) or "task" not in raw or "v" not in raw:
+            raise SerializationError(f"not an asynctasq message: {_preview(data)}")
+        version = raw["v"]
+        if not isinstance(version, int) or version > ENVELOPE_VERSION:
+            raise SerializationError(
+                f"message format v{version} is newer than this worker knows (v{ENVELOPE_VERSION}): "
+                "upgrade asynctasq on the workers"
+            )
+        try:
+            env = cls(
+                task=raw["task"],
+                args=list(raw.get("args") or ()),
+                kwargs=dict(raw.get("kwargs") or {}),
+                queue=raw.get("queue") or "default",
+                id=raw["id"],
+                attempt=int(raw.get("attempt", 1)),
+                max_attempts=int(raw.get("max_attempts", 3)),
+                timeout=None if raw.get("timeout") is None else float(raw["timeout"]),
+                retry_after=float(raw.get("retry_after", 1.0)),
+                enqueued_at=float(raw.get("enqueued_at", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SerializationError(f"malformed asynctasq message ({exc!r}): {_preview(data)}") from None
+        if not isinstance(env.task, str) or not isinstance(env.id, str):
+            raise SerializationError(f"malformed asynctasq message: {_preview(data)}")
+        if not all(isinstance(k, str) for k in env.kwargs):
+            raise SerializationError(f"malformed asynctasq message (non-string keyword): {_preview(data)}")
+        return env
+
+
+def _preview(data: bytes, size: int = 60) -> str:
+    text = repr(data[:size])
+    return text + ("..." if len(data) > size else "")

@@ -1,0 +1,383 @@
+"""Defining and dispatching tasks.
+
+::
+
+    @task
+    async def send_email(to: str, subject: str) -> None: ...
+
+    @task(name="billing.charge", queue="billing", max_attempts=5, timeout=30)
+    def charge(account_id: int, cents: int) -> str: ...
+
+    task_id = await send_email(to="a@b.c", subject="hi").dispatch()
+    await charge(7, 100).on_queue("urgent").delay(30).dispatch()
+
+    class Report(Task):
+        queue = "reports"
+        def __init__(self, account_id: int) -> None:
+            self.account_id = account_id
+        async def handle(self) -> dict: ...
+
+    await Report(account_id=7).dispatch()
+
+Calling a task returns a :class:`TaskCall`; nothing runs until a worker takes it. Options live
+on the call, so a task may have parameters named ``timeout``, ``delay`` or ``queue``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
+
+from asynctasq.config import Config, get_config
+from asynctasq.drivers.base import BaseDriver, EnqueueItem, validate_queue_name
+from asynctasq.errors import ResultTimeout, TaskDefinitionError, TaskFailed
+from asynctasq.message import Envelope
+from asynctasq.registry import TaskDefinition, is_async_callable, registry
+from asynctasq.serializers import get_serializer, loads_any
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def default_task_name(target: Any) -> str:
+    module = getattr(target, "__module__", None) or "__main__"
+    if module == "__mp_main__":  # the main script, as a spawned child process imports it
+        module = "__main__"
+    return f"{module}.{target.__qualname__}"
+
+
+def _check_options(
+    name: str, max_attempts: int | None, timeout: float | None, retry_after: float | None, queue: str | None
+) -> None:
+    if max_attempts is not None and max_attempts < 1:
+        raise TaskDefinitionError(f"task {name!r}: max_attempts must be at least 1")
+    if timeout is not None and timeout <= 0:
+        raise TaskDefinitionError(f"task {name!r}: timeout must be positive")
+    if retry_after is not None and retry_after < 0:
+        raise TaskDefinitionError(f"task {name!r}: retry_after must not be negative")
+    if queue is not None:
+        validate_queue_name(queue)
+
+
+class TaskCall:
+    """One dispatchable invocation: arguments plus chainable options."""
+
+    __slots__ = (
+        "_delay",
+        "_max_attempts",
+        "_queue",
+        "_retry_after",
+        "_timeout",
+        "args",
+        "definition",
+        "kwargs",
+    )
+
+    def __init__(self, definition: TaskDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.definition = definition
+        self.args = args
+        self.kwargs = kwargs
+        self._queue: str | None = None
+        self._delay = 0.0
+        self._max_attempts: int | None = None
+        self._timeout: float | None = None
+        self._retry_after: float | None = None
+
+    def on_queue(self, queue: str) -> TaskCall:
+        self._queue = validate_queue_name(queue)
+        return self
+
+    def delay(self, seconds: float) -> TaskCall:
+        if seconds < 0:
+            raise TaskDefinitionError("delay must not be negative")
+        self._delay = float(seconds)
+        return self
+
+    def max_attempts(self, attempts: int) -> TaskCall:
+        _check_options(self.definition.name, attempts, None, None, None)
+        self._max_attempts = attempts
+        return self
+
+    def timeout(self, seconds: float | None) -> TaskCall:
+        _check_options(self.definition.name, None, seconds, None, None)
+        self._timeout = seconds
+        return self
+
+    def retry_after(self, seconds: float) -> TaskCall:
+        _check_options(self.definition.name, None, None, seconds, None)
+        self._retry_after = seconds
+        return self
+
+    def envelope(self, config: Config) -> Envelope:
+        d = self.definition
+        if d.process and not _process_pool_available():
+            raise TaskDefinitionError(
+                f"task {d.name!r} has process=True, but this version of asynctasq has no process pool"
+            )
+        return Envelope(
+            task=d.name,
+            args=list(self.args),
+            kwargs=self.kwargs,
+            queue=self._queue or d.queue or config.default_queue,
+            max_attempts=self._max_attempts or d.max_attempts or config.default_max_attempts,
+            timeout=self._timeout if self._timeout is not None else (d.timeout or config.default_timeout),
+            retry_after=(
+                self._retry_after
+                if self._retry_after is not None
+                else (d.retry_after if d.retry_after is not None else config.default_retry_after)
+            ),
+        )
+
+    def encode(self, config: Config) -> EnqueueItem:
+        env = self.envelope(config)
+        return EnqueueItem(env.queue, env.encode(get_serializer(config.serializer)), self._delay)
+
+    async def dispatch(self, driver: BaseDriver | None = None) -> str:
+        """Enqueue the task; return its id. ``driver`` defaults to the configured one."""
+        config = get_config()
+        env = self.envelope(config)
+        body = env.encode(get_serializer(config.serializer))
+        await (driver or await producer_driver()).enqueue(env.queue, body, self._delay)
+        return env.id
+
+    def __repr__(self) -> str:
+        return f"<TaskCall {self.definition.name}{self.args!r} {self.kwargs!r}>"
+
+
+def _process_pool_available() -> bool:
+    try:
+        import asynctasq.process_pool  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class TaskFunction(Generic[P, R]):
+    """A function decorated with :func:`task`; calling it makes a :class:`TaskCall`."""
+
+    def __init__(self, func: Callable[P, R], definition: TaskDefinition) -> None:
+        self.func = func
+        self.definition = definition
+        self.name = definition.name
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> TaskCall:
+        return TaskCall(self.definition, args, kwargs)
+
+    def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the function directly, here and now (tests, scripts)."""
+        return self.func(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+
+def _define(
+    func: Callable[..., Any],
+    name: str | None,
+    queue: str | None,
+    max_attempts: int | None,
+    timeout: float | None,
+    retry_after: float | None,
+    process: bool,
+) -> TaskFunction[Any, Any]:
+    if not callable(func):
+        raise TaskDefinitionError(f"@task decorates functions, not {type(func).__name__}")
+    task_name = name or default_task_name(func)
+    _check_options(task_name, max_attempts, timeout, retry_after, queue)
+    definition = TaskDefinition(
+        name=task_name,
+        target=func,
+        is_class=False,
+        is_async=is_async_callable(func),
+        process=process,
+        queue=queue,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        retry_after=retry_after,
+    )
+    registry.add(definition)
+    return TaskFunction(func, definition)
+
+
+@overload
+def task(func: Callable[P, R], /) -> TaskFunction[P, R]: ...
+
+
+@overload
+def task(
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+    retry_after: float | None = None,
+    process: bool = False,
+) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+
+
+def task(
+    func: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+    retry_after: float | None = None,
+    process: bool = False,
+) -> TaskFunction[P, R] | Callable[[Callable[P, R]], TaskFunction[P, R]]:
+    """Register a function as a task. Options are defaults for every call of it:
+    ``name`` (default ``module.qualname``), ``queue``, ``max_attempts``, ``timeout`` (seconds),
+    ``retry_after`` (backoff base, seconds), ``process`` (run in the process pool)."""
+    if func is not None:
+        return _define(func, name, queue, max_attempts, timeout, retry_after, process)
+
+    def decorate(f: Callable[P, R]) -> TaskFunction[P, R]:
+        return _define(f, name, queue, max_attempts, timeout, retry_after, process)
+
+    return decorate
+
+
+class Task:
+    """Base of class-based tasks: constructor arguments are the task's arguments, ``handle``
+    (sync or async) does the work, class attributes set the options::
+
+        class Report(Task):
+            queue = "reports"
+            max_attempts = 2
+            def __init__(self, account_id: int) -> None:
+                self.account_id = account_id
+            async def handle(self) -> dict: ...
+    """
+
+    name: ClassVar[str | None] = None
+    queue: ClassVar[str | None] = None
+    max_attempts: ClassVar[int | None] = None
+    timeout: ClassVar[float | None] = None
+    retry_after: ClassVar[float | None] = None
+    process: ClassVar[bool] = False
+    __asynctasq_definition__: ClassVar[TaskDefinition]
+    _asynctasq_args: tuple[tuple[Any, ...], dict[str, Any]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.handle is Task.handle:
+            return  # an abstract intermediate base
+        task_name = cls.__dict__.get("name") or default_task_name(cls)
+        _check_options(task_name, cls.max_attempts, cls.timeout, cls.retry_after, cls.queue)
+        definition = TaskDefinition(
+            name=task_name,
+            target=cls,
+            is_class=True,
+            is_async=is_async_callable(cls.handle),
+            process=cls.process,
+            queue=cls.queue,
+            max_attempts=cls.max_attempts,
+            timeout=cls.timeout,
+            retry_after=cls.retry_after,
+        )
+        registry.add(definition)
+        cls.__asynctasq_definition__ = definition
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Task:
+        obj = super().__new__(cls)
+        obj._asynctasq_args = (args, kwargs)
+        return obj
+
+    def handle(self) -> Any:
+        raise NotImplementedError
+
+    def call(self) -> TaskCall:
+        """This instance as a :class:`TaskCall`, for options: ``Report(7).call().delay(60)``."""
+        definition = getattr(type(self), "__asynctasq_definition__", None)
+        if definition is None:
+            raise TaskDefinitionError(f"{type(self).__name__} does not define handle()")
+        args, kwargs = self._asynctasq_args
+        return TaskCall(definition, args, kwargs)
+
+    async def dispatch(self, driver: BaseDriver | None = None) -> str:
+        return await self.call().dispatch(driver)
+
+
+async def dispatch_many(calls: Iterable[TaskCall | Task], driver: BaseDriver | None = None) -> list[str]:
+    """Enqueue many calls in one round trip where the driver can; return their ids in order."""
+    config = get_config()
+    serializer = get_serializer(config.serializer)
+    items, ids = [], []
+    for call in calls:
+        tc = call.call() if isinstance(call, Task) else call
+        env = tc.envelope(config)
+        items.append(EnqueueItem(env.queue, env.encode(serializer), tc._delay))
+        ids.append(env.id)
+    if items:
+        await (driver or await producer_driver()).enqueue_many(items)
+    return ids
+
+
+async def result(task_id: str, timeout: float = 30.0, driver: BaseDriver | None = None) -> Any:
+    """Wait up to ``timeout`` seconds for the result of ``task_id``.
+
+    Raises :class:`TaskFailed` when the task ended in the failed registry and
+    :class:`ResultTimeout` when no result arrived (results are kept ``results_ttl`` seconds)."""
+    d = driver or await producer_driver()
+    raw = await d.get_result(task_id, wait=timeout)
+    if raw is None:
+        raise ResultTimeout(f"no result for task {task_id} within {timeout}s")
+    record = loads_any(raw)
+    if record.get("status") == "ok":
+        return record.get("value")
+    raise TaskFailed(task_id, str(record.get("error", "failed")))
+
+
+# -- the producer's connection: one connected driver per event loop, from the global config --
+
+_producers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BaseDriver] = weakref.WeakKeyDictionary()
+_producer_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def producer_driver() -> BaseDriver:
+    """The connected driver ``dispatch()`` uses in this event loop (made on first use)."""
+    loop = asyncio.get_running_loop()
+    driver = _producers.get(loop)
+    if driver is not None:
+        return driver
+    lock = _producer_locks.setdefault(loop, asyncio.Lock())
+    async with lock:
+        driver = _producers.get(loop)
+        if driver is None:
+            from asynctasq.core.driver_factory import DriverFactory
+
+            driver = DriverFactory.create_from_config(get_config())
+            await driver.connect()
+            _producers[loop] = driver
+    return driver
+
+
+def reset_producer() -> None:
+    """Forget the producer connections (after :func:`asynctasq.configure`); open ones close."""
+    for loop, driver in list(_producers.items()):
+        if not loop.is_closed() and loop.is_running():
+            loop.call_soon_threadsafe(_close_soon, driver)
+    _producers.clear()
+
+
+def _close_soon(driver: BaseDriver) -> None:
+    task = asyncio.ensure_future(driver.disconnect())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Future[None]] = set()
+
+
+async def close_producer() -> None:
+    """Disconnect this loop's producer driver, if any."""
+    driver = _producers.pop(asyncio.get_running_loop(), None)
+    if driver is not None:
+        await driver.disconnect()
