@@ -187,7 +187,7 @@ async def test_timeout_fails_the_task(driver: MemoryDriver) -> None:
     task_id = await too_slow().dispatch(driver)
     started = time.monotonic()
     async with running(make_worker(driver)):
-        with pytest.raises(asynctasq.TaskFailed, match="timed out after 0.2s"):
+        with pytest.raises(asynctasq.TaskFailed, match=r"timed out after 0\.2s"):
             await asynctasq.result(task_id, timeout=10, driver=driver)
     assert time.monotonic() - started < 10
 
