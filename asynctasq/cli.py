@@ -194,12 +194,13 @@ def _dispatch(
     from asynctasq.registry import registry
     from asynctasq.task import TaskCall
 
+    definition = registry.get(task_name)
+    if definition is None:
+        module = task_name.rpartition(".")[0] or task_name
+        raise _fail(f"unknown task {task_name!r}: import the module that defines it, e.g. --import {module}")
     try:
-        definition = registry.resolve(task_name)
         parsed_args = json.loads(args)
         parsed_kwargs = json.loads(kwargs)
-    except AsyncTasQError as exc:
-        raise _fail(str(exc)) from None
     except json.JSONDecodeError as exc:
         raise _fail(f"--args and --kwargs take JSON ({exc})", 2) from None
     if not isinstance(parsed_args, list) or not isinstance(parsed_kwargs, dict):
@@ -421,5 +422,25 @@ def failed_purge(
     typer.echo(f"purged {_run(_with_driver(config, main))} task(s)")
 
 
+try:  # typer >= 0.22 carries its own click
+    from typer import TyperException as _UsageProblem
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click import ClickException as _UsageProblem  # type: ignore[assignment,no-redef]
+
+
 def main() -> None:
-    app()
+    """Entry point: usage errors become one line on stderr, never a traceback."""
+    if len(sys.argv) == 1:
+        sys.argv.append("--help")
+    try:
+        code = app(standalone_mode=False)
+    except _UsageProblem as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(getattr(exc, "exit_code", 1))
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

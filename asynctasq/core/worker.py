@@ -46,9 +46,10 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 DEFAULT_HEARTBEAT_INTERVAL_S = 10.0
 DEFAULT_RESULTS_TTL_S = 500.0
 DEFAULT_MAX_RETRY_DELAY_S = 3600.0
-FETCH_WAIT_S = 1.0
+FETCH_WAIT_S = 0.5
 """Longest blocking dequeue; bounds how long a stop waits for an outstanding fetch."""
 COMMAND_POLL_INTERVAL_S = 1.0
+DRAIN_FLUSH_TIMEOUT_S = 10.0
 DRIVER_ERROR_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 TaskContextFactory = Callable[[Envelope], AbstractAsyncContextManager[Any]]
@@ -172,6 +173,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._stop_deadline = 0.0
+        self._closing = False
         self._fetched = 0
         self._rr_offset = 0
         self._pool: ProcessPool | None = None
@@ -396,7 +398,13 @@ class Worker:
             for r in leftover:
                 self._cancel(r, _SHUTDOWN)
             await asyncio.gather(*(r.task for r in leftover), return_exceptions=True)
-        await self._flush()
+        self._closing = True
+        self._flush_wanted.set()
+        flusher = self._background[0] if self._background else None
+        if flusher is not None:
+            done, _ = await asyncio.wait([flusher], timeout=DRAIN_FLUSH_TIMEOUT_S)
+            if not done:
+                log.error("could not acknowledge %d finished task(s); they will run again", len(self._acks))
 
     def _cancel(self, running: _Running, reason: str) -> None:
         if running.reason is None:
@@ -591,6 +599,7 @@ class Worker:
             await self.driver.store_results(results, self.results_ttl)
 
     async def _flush_loop(self) -> None:
+        """Ack finished tasks in batches; ends, with nothing left to flush, once closing."""
         failures = 0
         while True:
             await self._flush_wanted.wait()
@@ -598,14 +607,17 @@ class Worker:
             try:
                 await self._flush()
                 failures = 0
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # noqa: BLE001 - keep the worker alive; leases cover us
                 delay = DRIVER_ERROR_BACKOFF_S[min(failures, len(DRIVER_ERROR_BACKOFF_S) - 1)]
                 failures += 1
                 log.error("acknowledging tasks failed (%s); retrying in %ss", exc, delay)
+                if self._closing and failures > 3:
+                    return
                 await asyncio.sleep(delay)
                 self._flush_wanted.set()
+                continue
+            if self._closing and not (self._acks or self._results):
+                return
 
     async def _lease_loop(self) -> None:
         interval = max(self.driver.lease_seconds / 3, 0.05)

@@ -1,0 +1,146 @@
+"""The command line, run as users run it: in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "asynctasq", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=full_env,
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> dict[str, str]:
+    return {"ASYNCTASQ_SQLITE_PATH": str(tmp_path / "cli.db")}
+
+
+def test_dispatch_then_burst_worker_then_failed_registry(db: dict[str, str]) -> None:
+    out = cli("dispatch", "tests.cli_tasks.add", "--args", "[2, 3]", "--import", "tests.cli_tasks", env=db)
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.strip()) == 32
+    out = cli(
+        "enqueue",
+        "tests.cli_tasks.explode",
+        "--kwargs",
+        '{"message": "kaboom"}',
+        "--import",
+        "tests.cli_tasks",
+        env=db,
+    )
+    assert out.returncode == 0, out.stderr
+    out = cli("worker", "--burst", "--import", "tests.cli_tasks", env=db)
+    assert out.returncode == 0, out.stderr
+    assert "add 2+3=5" in out.stdout
+    assert "no more work, burst finished" in out.stderr
+    out = cli("failed", "list", env=db)
+    assert (
+        out.returncode == 0
+        and "tests.cli_tasks.explode" in out.stdout
+        and "RuntimeError: kaboom" in out.stdout
+    )
+    assert "1 failed task(s)" in out.stdout
+    out = cli("failed", "requeue", "--all", env=db)
+    assert out.stdout.strip() == "requeued 1 task(s)"
+    out = cli("info", env=db)
+    assert out.returncode == 0 and "default" in out.stdout
+    out = cli("failed", "purge", "--all", env=db)
+    assert out.returncode == 0
+    out = cli("worker", "--burst", "--import", "tests.cli_tasks", env=db)
+    assert out.returncode == 0
+    assert "1 failed task(s)" in cli("failed", "list", env=db).stdout
+
+
+def test_queues_as_arguments_and_max_tasks(db: dict[str, str]) -> None:
+    for queue in ("high", "low", "low"):
+        out = cli(
+            "dispatch",
+            "tests.cli_tasks.add",
+            "--args",
+            "[1, 1]",
+            "-q",
+            queue,
+            "--import",
+            "tests.cli_tasks",
+            env=db,
+        )
+        assert out.returncode == 0, out.stderr
+    out = cli("worker", "high", "low", "--max-tasks", "2", "--import", "tests.cli_tasks", env=db)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("add 1+1=2") == 2
+    assert "max tasks (2) reached" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["worker", "--bogus"], "No such option: --bogus"),
+        (["worker", "--concurrency", "many"], "--concurrency"),
+        (["worker", "--dequeue-strategy", "sideways"], "dequeue_strategy='sideways' is not one of"),
+        (["worker", "--import", "no.such.module"], "cannot import 'no.such.module'"),
+        (["worker", "--queues", "bad queue;drop"], "invalid queue name"),
+        (["dispatch", "billing.charge"], "unknown task 'billing.charge'"),
+        (["dispatch", "tests.cli_tasks.add", "--args", "{", "--import", "tests.cli_tasks"], "JSON"),
+        (["worker", "--driver", "redis", "--redis-url", "redis://:sekret@127.0.0.1:1"], "127.0.0.1:1"),
+    ],
+)
+def test_bad_input_is_one_clear_line(db: dict[str, str], args: list[str], expected: str) -> None:
+    out = cli(*args, env=db)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0]
+    assert "Traceback" not in out.stderr and "sekret" not in out.stderr
+
+
+def test_environment_configures_the_worker(tmp_path: Path) -> None:
+    env = {
+        "ASYNCTASQ_SQLITE_PATH": str(tmp_path / "env.db"),
+        "ASYNCTASQ_IMPORT": "tests.cli_tasks",
+        "ASYNCTASQ_BURST": "1",
+        "ASYNCTASQ_QUEUES": "envq",
+    }
+    out = cli("dispatch", "tests.cli_tasks.add", "--args", "[4, 4]", "--queue", "envq", env=env)
+    assert out.returncode == 0, out.stderr
+    out = cli("worker", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "add 4+4=8" in out.stdout and "envq" in out.stderr
+    assert (tmp_path / "env.db").exists()
+
+
+def test_help_reads_well() -> None:
+    out = cli("worker", "--help")
+    assert out.returncode == 0
+    for flag in (
+        "--queues",
+        "--concurrency",
+        "--burst",
+        "--max-tasks",
+        "--max-idle-time",
+        "--dequeue-strategy",
+        "--name",
+        "--import",
+        "--path",
+        "--shutdown-timeout",
+        "--log-level",
+        "--sqlite-path",
+        "ASYNCTASQ_SQLITE_PATH",
+    ):
+        assert flag in out.stdout, flag
