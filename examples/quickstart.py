@@ -15,12 +15,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import tasks  # noqa: E402 - after the path set-up above
+import tasks
 
-import asynctasq  # noqa: E402
-from asynctasq import Worker  # noqa: E402
-from asynctasq.core.driver_factory import DriverFactory  # noqa: E402
-from asynctasq.utils.loop import run  # noqa: E402
+import asynctasq
+from asynctasq import Worker
+from asynctasq.core.driver_factory import DriverFactory
+from asynctasq.utils.loop import run
 
 
 async def main() -> None:
