@@ -65,3 +65,11 @@ def test_passwords_never_show() -> None:
     assert "hunter2" not in repr(config)
     assert redact_url("postgresql://app:s3cret@db:5432/app") == "postgresql://app:***@db:5432/app"
     assert redact_url("redis://localhost:6379") == "redis://localhost:6379"
+
+
+def test_configuration_doc_lists_every_setting() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    for s in Config.settings():
+        assert f"`--{s.flag}`" in text and f"`{s.env}`" in text, s.name

@@ -623,6 +623,7 @@ class Worker:
         interval = max(self.driver.lease_seconds / 3, 0.05)
         while True:
             await asyncio.sleep(interval)
+            systemd.notify("WATCHDOG=1")
             held = list(self._held.values())
             if not held:
                 continue
@@ -635,7 +636,6 @@ class Worker:
                 continue
             if kept < len(held):
                 log.warning("%d lease(s) were lost; those tasks may run again elsewhere", len(held) - kept)
-            systemd.notify("WATCHDOG=1")
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
