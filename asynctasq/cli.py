@@ -161,6 +161,9 @@ def worker(
             metavar="[QUEUE]...", help="Queues in priority order (same as --queues).", show_default=False
         ),
     ] = None,
+    processes: Annotated[
+        int, typer.Option("--processes", help="Run this many worker processes under a supervisor.")
+    ] = 1,
     *,
     flags: dict[str, Any],
 ) -> None:
@@ -169,6 +172,9 @@ def worker(
     The first SIGTERM/SIGINT stops fetching and lets running tasks finish (up to
     --shutdown-timeout); a second one gives them back at once. Exit code 0 on a clean stop.
     """
+    if processes > 1:
+        _supervise("worker", ("--processes",), processes, flags)
+        return
     if queue_names:
         flags["queues"] = [q for name in queue_names for q in name.split(",") if q]
     config = _config(flags)
@@ -181,6 +187,39 @@ def worker(
         await Worker.from_config(driver, config).start()
 
     _run(_with_driver(config, main))
+
+
+def _supervise(command: str, own_options: tuple[str, ...], processes: int, flags: dict[str, Any]) -> None:
+    """Run ``processes`` workers with this command line's other arguments."""
+    from asynctasq.core.supervisor import Supervisor
+
+    config = _config(flags)  # fail fast on bad settings, before any child starts
+    _setup_logging(config.log_level)
+    argv = sys.argv[sys.argv.index(command) + 1 :]
+    child_args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in own_options:
+            skip = True
+        elif not any(arg.startswith(opt + "=") for opt in own_options):
+            child_args.append(arg)
+    raise typer.Exit(Supervisor(child_args, processes).run())
+
+
+@app.command(name="worker-pool", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker_pool(
+    ctx: typer.Context,
+    num_workers: Annotated[int, typer.Option("--num-workers", "-n", help="Worker processes.")] = 2,
+) -> None:
+    """Run several worker processes under one supervisor that restarts any that dies.
+
+    Every other argument is passed to each `worker`: `worker-pool -n 3 --queues high,default`.
+    """
+    from asynctasq.core.supervisor import Supervisor
+
+    _setup_logging("INFO")
+    raise typer.Exit(Supervisor(list(ctx.args), num_workers).run())
 
 
 # -- producing ---------------------------------------------------------------------------
