@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from asynctasq.errors import SerializationError
 from asynctasq.serializers import BaseSerializer, loads_any
 
 ENVELOPE_VERSION = 1
+T = TypeVar("T", int, float)
 
 
 def new_task_id() -> str:
@@ -73,25 +74,32 @@ class Envelope:
                 "upgrade asynctasq on the workers"
             )
         try:
+            args = raw.get("args") or []
+            kwargs = raw.get("kwargs") or {}
+            timeout = raw.get("timeout")
             env = cls(
                 task=raw["task"],
-                args=list(raw.get("args") or ()),
-                kwargs=dict(raw.get("kwargs") or {}),
+                args=args if type(args) is list else list(args),
+                kwargs=kwargs if type(kwargs) is dict else dict(kwargs),
                 queue=raw.get("queue") or "default",
                 id=raw["id"],
-                attempt=int(raw.get("attempt", 1)),
-                max_attempts=int(raw.get("max_attempts", 3)),
-                timeout=None if raw.get("timeout") is None else float(raw["timeout"]),
-                retry_after=float(raw.get("retry_after", 1.0)),
-                enqueued_at=float(raw.get("enqueued_at", 0.0)),
+                attempt=_as(int, raw.get("attempt", 1)),
+                max_attempts=_as(int, raw.get("max_attempts", 3)),
+                timeout=None if timeout is None else _as(float, timeout),
+                retry_after=_as(float, raw.get("retry_after", 1.0)),
+                enqueued_at=_as(float, raw.get("enqueued_at", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SerializationError(f"malformed asynctasq message ({exc!r}): {_preview(data)}") from None
-        if not isinstance(env.task, str) or not isinstance(env.id, str):
+        if type(env.task) is not str or type(env.id) is not str:
             raise SerializationError(f"malformed asynctasq message: {_preview(data)}")
-        if not all(isinstance(k, str) for k in env.kwargs):
+        if kwargs and not all(type(k) is str for k in env.kwargs):
             raise SerializationError(f"malformed asynctasq message (non-string keyword): {_preview(data)}")
         return env
+
+
+def _as(kind: type[T], value: Any) -> T:
+    return value if type(value) is kind else kind(value)
 
 
 def _preview(data: bytes, size: int = 60) -> str:
