@@ -59,7 +59,7 @@ class Registry:
             module = name.rpartition(".")[0] or name
             raise UnknownTaskError(
                 f"unknown task {name!r}: it is not registered in this worker; start the worker with "
-                f"--import {module} (the module that defines it)"
+                f"--import and the module that defines it (e.g. --import {module})"
             ) from None
 
     def get(self, name: str) -> TaskDefinition | None:

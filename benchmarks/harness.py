@@ -29,6 +29,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 
 async def _work(queue: str, n: int, concurrency: int, announce: bool, driver_name: str | None = None) -> None:
+    import bench_tasks  # noqa: F401 - registers the workload tasks
+
     from asynctasq.config import Config
     from asynctasq.core.driver_factory import DriverFactory
     from asynctasq.core.worker import Worker
