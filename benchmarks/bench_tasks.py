@@ -37,3 +37,19 @@ async def io(seconds: float = 0.01) -> None:
 async def latency(sent_at: float) -> None:
     latencies.append(time.time() - sent_at)
     _mark()
+
+
+rss_kb: dict[int, int] = {}
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+
+@task(name="bench.memory")
+async def memory(checkpoints: list[int]) -> None:
+    _mark()
+    count = int(stats["count"])
+    if count in checkpoints:
+        rss_kb[count] = _rss_kb()

@@ -62,6 +62,8 @@ def _timings() -> dict[str, Any]:
     out: dict[str, Any] = dict(bench_tasks.stats)
     out["latencies"] = list(bench_tasks.latencies)
     out["vmhwm_kb"] = hwm_kb
+    out["rss_kb"] = dict(bench_tasks.rss_kb)
+    bench_tasks.rss_kb.clear()
     bench_tasks.stats.update(first=0.0, last=0.0, count=0)
     bench_tasks.latencies.clear()
     return out
@@ -248,13 +250,32 @@ def latency(driver: str, n: int, concurrency: int, rate: float = 200.0) -> dict[
     }
 
 
+def memory(driver: str, n: int, concurrency: int) -> dict[str, Any]:
+    """RSS of the worker after 10k tasks and after ``n``: flat means no per-task leak."""
+    import bench_tasks
+
+    queue = "bench-" + uuid.uuid4().hex[:8]
+    checkpoints = [10_000, n]
+    _run_async(_produce(driver, queue, (bench_tasks.memory(checkpoints) for _ in range(n)), bulk=True))
+    res = _drain(driver, queue, n, concurrency)
+    rss = {int(k): v for k, v in res["rss_kb"].items()}
+    return {
+        "workload": "memory",
+        "driver": driver,
+        "n": n,
+        "rss_mb_after_10k": round(rss.get(10_000, 0) / 1024, 1),
+        f"rss_mb_after_{n // 1000}k": round(rss.get(n, 0) / 1024, 1),
+        "worker_vmhwm_mb": round(res["vmhwm_kb"] / 1024, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("command", nargs="?", default="run", choices=["run", "_worker"])
     parser.add_argument("--driver", default=os.environ.get("ASYNCTASQ_DRIVER", "sqlite"))
-    parser.add_argument("--workload", default="noop", choices=["noop", "io", "latency", "all"])
+    parser.add_argument("--workload", default="noop", choices=["noop", "io", "latency", "memory", "all"])
     parser.add_argument(
         "--n", type=int, default=None, help="tasks (default: 20000 noop, 5000 io, 2000 latency)"
     )
@@ -269,6 +290,8 @@ def main() -> None:
     for workload in workloads:
         if workload == "noop":
             res = noop(args.driver, args.n or 20000, args.concurrency or 10)
+        elif workload == "memory":
+            res = memory(args.driver, args.n or 100_000, args.concurrency or 10)
         elif workload == "io":
             res = io(args.driver, args.n or 5000, args.concurrency or 100)
         else:
