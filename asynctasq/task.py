@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
 
 from asynctasq.config import Config, get_config
@@ -40,6 +41,7 @@ from asynctasq.serializers import get_serializer, loads_any
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def default_task_name(target: Any) -> str:
@@ -142,6 +144,11 @@ class TaskCall:
         body = env.encode(get_serializer(config.serializer))
         await (driver or await producer_driver()).enqueue(env.queue, body, self._delay)
         return env.id
+
+    def dispatch_sync(self, timeout: float | None = 30.0) -> str:
+        """Enqueue from synchronous code (a Flask view, a script) without an event loop of your
+        own: the call runs on asynctasq's background loop. Returns the task id."""
+        return run_sync(self.dispatch(), timeout)
 
     def __repr__(self) -> str:
         return f"<TaskCall {self.definition.name}{self.args!r} {self.kwargs!r}>"
@@ -302,6 +309,9 @@ class Task:
     async def dispatch(self, driver: BaseDriver | None = None) -> str:
         return await self.call().dispatch(driver)
 
+    def dispatch_sync(self, timeout: float | None = 30.0) -> str:
+        return self.call().dispatch_sync(timeout)
+
 
 async def dispatch_many(calls: Iterable[TaskCall | Task], driver: BaseDriver | None = None) -> list[str]:
     """Enqueue many calls in one round trip where the driver can; return their ids in order."""
@@ -374,6 +384,32 @@ def _close_soon(driver: BaseDriver) -> None:
 
 
 _closing: set[asyncio.Future[None]] = set()
+
+
+_portal_loop: asyncio.AbstractEventLoop | None = None
+_portal_lock = threading.Lock()
+
+
+def _portal() -> asyncio.AbstractEventLoop:
+    global _portal_loop
+    with _portal_lock:
+        if _portal_loop is None or _portal_loop.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="asynctasq-sync-dispatch", daemon=True).start()
+            _portal_loop = loop
+        return _portal_loop
+
+
+def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
+    """Run ``coro`` on asynctasq's background event loop and wait for it, from sync code."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        coro.close()
+        raise TaskDefinitionError("dispatch_sync() called inside a running event loop: use await .dispatch()")
+    return asyncio.run_coroutine_threadsafe(coro, _portal()).result(timeout)
 
 
 async def close_producer() -> None:

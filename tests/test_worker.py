@@ -398,3 +398,28 @@ async def test_delayed_dispatch_and_options(driver: MemoryDriver) -> None:
     [d] = await driver.dequeue(["other"], 1, wait=5)
     env = Envelope.decode(d.body)
     assert (env.queue, env.max_attempts, env.timeout, env.retry_after) == ("other", 5, 9, 2)
+
+
+def test_dispatch_sync_from_plain_code(tmp_path: Any) -> None:
+    asynctasq.configure(driver="sqlite", sqlite_path=str(tmp_path / "sync.db"))
+    try:
+        task_id = record("from-sync").dispatch_sync()
+        assert len(task_id) == 32
+        report_id = Adder(1, 2).dispatch_sync()
+
+        async def drain() -> None:
+            from asynctasq.drivers.sqlite import SQLiteDriver
+
+            async with SQLiteDriver(str(tmp_path / "sync.db")) as d:
+                await make_worker(d, queues=["default", "math"], burst=True).start()
+                assert await asynctasq.result(report_id, timeout=1, driver=d) == 3
+
+        asyncio.run(drain())
+        assert events == ["from-sync"]
+    finally:
+        asynctasq.configure(driver="memory")
+
+
+async def test_dispatch_sync_inside_a_loop_is_refused() -> None:
+    with pytest.raises(asynctasq.AsyncTasQError, match="use await"):
+        record("x").dispatch_sync()
