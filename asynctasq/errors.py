@@ -83,7 +83,7 @@ class ProcessLost(AsyncTasQError):
     pass
 
 
-class Retry(Exception):  # noqa: N818 - the name is the user-facing verb
+class Retry(Exception):
     """Raise inside a task to run it again after ``delay`` seconds (counts as an attempt)."""
 
     def __init__(self, delay: float | None = None, reason: str = "") -> None:
