@@ -464,7 +464,7 @@ def failed_purge(
 try:  # typer >= 0.22 carries its own click
     from typer import TyperException as _UsageProblem
 except ImportError:  # pragma: no cover - older typer on top of click
-    from click import ClickException as _UsageProblem  # type: ignore[no-redef,import-not-found,unused-ignore]
+    from click import ClickException as _UsageProblem  # type: ignore[no-redef,import-not-found,assignment,unused-ignore]
 
 
 def main() -> None:
