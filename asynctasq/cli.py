@@ -164,6 +164,14 @@ def worker(
     processes: Annotated[
         int, typer.Option("--processes", help="Run this many worker processes under a supervisor.")
     ] = 1,
+    app_spec: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--app",
+            help="Flask/Quart app (module:app or module:create_app) whose asynctasq settings the "
+            "worker uses; each task runs in its app context.",
+        ),
+    ] = None,
     *,
     flags: dict[str, Any],
 ) -> None:
@@ -179,12 +187,22 @@ def worker(
         flags["queues"] = [q for name in queue_names for q in name.split(",") if q]
     config = _config(flags)
     _setup_logging(config.log_level)
+    task_context = None
+    if app_spec:
+        from asynctasq.integrations import load_app_worker
+
+        _import_tasks(Config(path=config.path))  # sys.path first: the app's module imports next
+        try:
+            app_config, task_context = load_app_worker(app_spec, flags.pop("queues", None))
+            config = app_config.replace(**flags)
+        except AsyncTasQError as exc:
+            raise _fail(str(exc), 2) from None
     _import_tasks(config)
 
     async def main(driver: Any) -> None:
         from asynctasq.core.worker import Worker
 
-        await Worker.from_config(driver, config).start()
+        await Worker.from_config(driver, config, task_context=task_context).start()
 
     _run(_with_driver(config, main))
 

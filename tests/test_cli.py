@@ -144,3 +144,24 @@ def test_help_reads_well() -> None:
         "ASYNCTASQ_SQLITE_PATH",
     ):
         assert flag in out.stdout, flag
+
+
+def test_worker_app_option_runs_tasks_in_the_flask_app_context(tmp_path: Path) -> None:
+    pytest.importorskip("flask")
+    db = tmp_path / "app.db"
+    code = (
+        "from tests.flask_app import create_app, greeting_sync, tasks; "
+        "app = create_app(); ctx = app.app_context(); ctx.push(); "
+        "print(tasks.dispatch_sync(greeting_sync('cli')))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
+    env["TEST_ASYNCTASQ_DB"] = str(db)
+    made = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    out = cli("worker", "--app", "tests.flask_app:create_app", "--burst", env={"TEST_ASYNCTASQ_DB": str(db)})
+    assert out.returncode == 0, out.stderr
+    assert "1 succeeded, 0 failed" in out.stderr
+    out = cli(
+        "worker", "--app", "tests.flask_app:nothing_here", "--burst", env={"TEST_ASYNCTASQ_DB": str(db)}
+    )
+    assert out.returncode == 2 and out.stderr.startswith("error: ")

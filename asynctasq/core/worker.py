@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import random
@@ -499,7 +500,9 @@ class Worker:
                     raise TaskTimeout(f"timed out after {timeout}s") from None
                 raise
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(None, definition.invoke, env.args, env.kwargs)
+        # the thread sees the task's context variables (an app context pushed by task_context)
+        context = contextvars.copy_context()
+        future = loop.run_in_executor(None, context.run, definition.invoke, env.args, env.kwargs)
         if timeout is None:
             return await future
         try:

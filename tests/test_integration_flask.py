@@ -1,0 +1,405 @@
+"""The Flask extension with real apps, real SQLite brokers and real workers."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flask")
+
+from flask import Flask
+
+import asynctasq
+from asynctasq.core.driver_factory import DriverFactory
+from asynctasq.core.worker import Worker
+from asynctasq.errors import ConfigError, TaskFailed
+from asynctasq.integrations import EXTENSION_KEY, AppSettings, load_app_worker
+from tests.conftest import wait_for
+from tests.flask_app import (
+    DB_ENV,
+    TEARDOWNS,
+    create_app,
+    fails,
+    greeting,
+    greeting_sync,
+    own_g,
+    slow,
+    started,
+    tasks,
+    waits,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def make_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Flask]]:
+    """create_app() on a fresh database; the apps' producer connections close afterwards."""
+    monkeypatch.setenv(DB_ENV, str(tmp_path / "app.db"))
+    TEARDOWNS.clear()
+    started.clear()
+    made: list[Flask] = []
+
+    def make(**config: object) -> Flask:
+        made.append(create_app(**config))
+        return made[-1]
+
+    yield make
+    for app in made:
+        with app.app_context():
+            tasks.close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app()
+
+
+def settings(app: Flask) -> AppSettings:
+    state = app.extensions[EXTENSION_KEY]
+    assert isinstance(state.settings, AppSettings)
+    return state.settings
+
+
+def make_worker(app: Flask, queues: list[str] | None = None, **options: object) -> Worker:
+    options.setdefault("burst", True)
+    with app.app_context():
+        return tasks.make_worker(queues, install_signal_handlers=False, **options)
+
+
+async def work(worker: Worker) -> Worker:
+    async with worker.driver:
+        await worker.start()
+    return worker
+
+
+async def result_of(app: Flask, task_id: str, queue: str = "default") -> object:
+    driver = DriverFactory.create_from_config(settings(app).config_for(queue))
+    async with driver:
+        return await asynctasq.result(task_id, timeout=5, driver=driver)
+
+
+async def ready(app: Flask, queue: str, connection_queue: str | None = None) -> int:
+    driver = DriverFactory.create_from_config(settings(app).config_for(connection_queue or queue))
+    async with driver:
+        return (await driver.stats([queue]))[queue]["ready"]
+
+
+def teardowns(label: str) -> list[str | None]:
+    return [exc for seen, exc in TEARDOWNS if seen == label]
+
+
+# -- settings -------------------------------------------------------------------------------
+
+
+def test_settings_from_app_config(tmp_path: Path) -> None:
+    app = create_app(ASYNCTASQ_CONCURRENCY=7, ASYNCTASQ_SQLITE_PATH=str(tmp_path / "x.db"))
+    s = settings(app)
+    assert s.queues == ["default", "email", "priority"]  # "default" always there, first
+    assert s.config.concurrency == 7
+    assert s.config.sqlite_path == str(tmp_path / "x.db")
+    assert s.config.queues == s.queues
+    assert len(s.connections) == 1
+    listed = create_app(ASYNCTASQ_QUEUES="high,default,low")
+    assert settings(listed).queues == ["high", "default", "low"]  # where the app put it
+
+
+def test_unknown_key_names_the_closest_valid_one() -> None:
+    with pytest.raises(ConfigError, match="ASYNCTASQ_REDIS_URL"):
+        create_app(ASYNCTASQ_REDIS_ULR="redis://x")
+    with pytest.raises(ConfigError, match="ASYNCTASQ_QUEUE_CONNECTIONS"):
+        create_app(ASYNCTASQ_QUEUE_CONECTIONS={})
+    with pytest.raises(ConfigError, match="concurrency"):
+        create_app(ASYNCTASQ_CONCURRENCY=0)
+
+
+def test_queue_connections(tmp_path: Path) -> None:
+    mail = str(tmp_path / "mail.db")
+    app = create_app(
+        ASYNCTASQ_QUEUES=["priority", "email", "email-priority", "audit"],
+        ASYNCTASQ_QUEUE_CONNECTIONS={
+            "email": mail,  # a string: the app driver's connection setting (sqlite_path)
+            "email-priority": "email",  # another queue's name: share its connection
+            "audit": {"ASYNCTASQ_SQLITE_PATH": mail, "lease_seconds": 5},  # a dict of settings
+            "priority": None,  # the app's connection
+        },
+    )
+    s = settings(app)
+    assert s.config_for("priority") is s.config
+    assert s.config_for("email").sqlite_path == mail
+    assert s.config_for("email-priority") is s.config_for("email")
+    assert s.config_for("audit").sqlite_path == mail and s.config_for("audit").lease_seconds == 5
+    assert len(s.connections) == 3
+    worker_config = s.worker_config(["email-priority", "default"])
+    assert worker_config.sqlite_path == mail  # the first listed queue's connection
+    assert worker_config.queues == ["email-priority", "default"]
+
+
+@pytest.mark.parametrize(
+    ("connections", "message"),
+    [
+        ({"emial": "x.db"}, "'emial', which is not configured"),
+        ({"default": "x.db"}, "always uses the app's own"),
+        ({"email": "priority", "priority": "email"}, "refer to each other"),
+        ({"email": "email"}, "refer to each other"),
+        ({"email": 5}, "must be a dict of settings"),
+        ({"email": {"sqlite_pth": "x.db"}}, "did you mean 'sqlite_path'"),
+        (["email"], "must be a dict"),
+    ],
+)
+def test_bad_queue_connections(connections: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        create_app(ASYNCTASQ_QUEUE_CONNECTIONS=connections)
+
+
+def test_a_string_needs_a_driver_with_a_connection_url() -> None:
+    with pytest.raises(ConfigError, match="memory driver has no connection URL"):
+        create_app(ASYNCTASQ_DRIVER="memory", ASYNCTASQ_QUEUE_CONNECTIONS={"email": "x"})
+
+
+def test_unconfigured_queues_are_refused(app: Flask) -> None:
+    with app.app_context(), pytest.raises(ConfigError, match="add it to ASYNCTASQ_QUEUES"):
+        tasks.dispatch_sync(greeting("x").on_queue("emial"))
+    with pytest.raises(ConfigError, match="'emial' is not configured"):
+        make_worker(app, ["email", "emial"])
+
+
+def test_methods_need_an_app() -> None:
+    with pytest.raises(RuntimeError, match="no app"):
+        tasks.dispatch_sync(greeting("x"))
+
+
+# -- producing and running --------------------------------------------------------------------
+
+
+def test_sync_view_dispatches_and_the_task_runs_in_the_app_context(app: Flask) -> None:
+    response = app.test_client().post("/greet/view")  # a sync view: no event loop of its own
+    assert response.status_code == 200, response.text
+    task_id = response.json["id"]  # type: ignore[index]
+    with app.app_context():
+        more = tasks.dispatch_many_sync([greeting("batch-1"), greeting("batch-2").on_queue("email")])
+    worker = asyncio.run(work(make_worker(app, ["email", "default"])))
+    assert worker.succeeded == 3
+    assert asyncio.run(result_of(app, task_id, "email")) == "hello from flask"
+    assert asyncio.run(result_of(app, more[1], "email")) == "hello from flask"
+    assert teardowns("view") == [None]
+    assert teardowns("batch-1") == [None]
+
+
+async def test_every_task_gets_its_own_app_context(app: Flask) -> None:
+    with app.app_context():
+        ids = await tasks.dispatch_many([own_g(n) for n in range(6)])
+    worker = await work(make_worker(app, concurrency=6))
+    assert worker.succeeded == 6
+    assert [await result_of(app, task_id) for task_id in ids] == list(range(6))
+    for n in range(6):
+        assert teardowns(f"own-{n}") == [None]  # one context per task, torn down once
+
+
+async def test_sync_tasks_run_in_the_app_context_too(app: Flask) -> None:
+    with app.app_context():
+        task_id = await tasks.dispatch(greeting_sync("thread"))
+    await work(make_worker(app))
+    value = await result_of(app, task_id)
+    assert isinstance(value, str) and value.startswith("hello from flask in ")
+    assert not value.endswith("MainThread")
+    assert teardowns("thread") == [None]
+
+
+async def test_torn_down_on_error_and_on_timeout(app: Flask) -> None:
+    with app.app_context():
+        failing = await tasks.dispatch(fails("error"))
+        late = await tasks.dispatch(slow("timeout"))
+    worker = await work(make_worker(app))
+    assert worker.failed == 2
+    for task_id in (failing, late):
+        with pytest.raises(TaskFailed):
+            await result_of(app, task_id)
+    assert teardowns("error") == ["ValueError"]
+    assert teardowns("timeout") == ["TaskTimeout"]
+
+
+@pytest.mark.parametrize("how", ["stop-task", "shutdown"])
+async def test_torn_down_on_cancel(app: Flask, how: str) -> None:
+    with app.app_context():
+        task_id = await tasks.dispatch(waits("cancel"))
+    worker = make_worker(app, burst=False)
+    running = asyncio.create_task(work(worker))
+    try:
+        await wait_for(started.is_set)
+        if how == "stop-task":
+            assert worker.stop_task(task_id)
+        else:
+            worker.stop(force=True)
+        await wait_for(lambda: teardowns("cancel") == ["CancelledError"])
+    finally:
+        worker.stop(force=True)
+        await running
+    if how == "stop-task":
+        with pytest.raises(TaskFailed, match="stopped"):
+            await result_of(app, task_id)
+    else:
+        assert await ready(app, "default") == 1  # given back
+
+
+async def test_each_queue_goes_to_its_connection(make_app: Callable[..., Flask], tmp_path: Path) -> None:
+    app = make_app(ASYNCTASQ_QUEUE_CONNECTIONS={"email": str(tmp_path / "mail.db"), "priority": "email"})
+    with app.app_context():
+        ids = await tasks.dispatch_many(
+            [greeting("d"), greeting("e").on_queue("email"), greeting("p").on_queue("priority")]
+        )
+    assert await ready(app, "default") == 1
+    assert await ready(app, "email") == 1
+    assert await ready(app, "priority") == 1
+    assert await ready(app, "default", connection_queue="email") == 0  # not on mail.db
+    assert await ready(app, "email", connection_queue="default") == 0  # not on app.db
+    worker = await work(make_worker(app, ["priority", "default"]))  # on mail.db: "priority"'s
+    assert worker.succeeded == 1
+    assert await result_of(app, ids[2], "priority") == "hello from flask"
+    assert await ready(app, "default") == 1  # untouched: its connection is another one
+
+
+# -- the CLI and --app ---------------------------------------------------------------------------
+
+
+def flask_cli(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
+    env[DB_ENV] = str(db)
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "tests.flask_app:create_app", "asynctasq", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+async def test_flask_asynctasq_worker_command(app: Flask, tmp_path: Path) -> None:
+    with app.app_context():
+        email_id = await tasks.dispatch(greeting("cli").on_queue("email"))
+        await tasks.dispatch(greeting("left"))
+    out = await asyncio.to_thread(
+        flask_cli, "worker", "email", "--burst", "--concurrency", "2", "--name", "w1", db=tmp_path / "app.db"
+    )
+    assert out.returncode == 0, out.stderr
+    assert "worker w1 listening on email" in out.stderr
+    assert await result_of(app, email_id, "email") == "hello from flask"
+    assert await ready(app, "default") == 1  # not one of the worker's queues
+
+
+async def test_worker_command_stops_cleanly_on_sigterm(app: Flask, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
+    env[DB_ENV] = str(tmp_path / "app.db")
+    log_path = tmp_path / "worker.log"
+    command = ["-m", "flask", "--app", "tests.flask_app:create_app", "asynctasq", "worker"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        await wait_for(lambda: "listening on default, email, priority" in log_path.read_text(), timeout=30)
+        with app.app_context():
+            task_id = await tasks.dispatch(greeting("live"))
+        assert await result_of(app, task_id) == "hello from flask"  # a running worker takes it
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 30)
+    assert code == 0, log_path.read_text()
+
+
+def test_worker_command_options_and_errors(tmp_path: Path) -> None:
+    out = flask_cli("worker", "--help", db=tmp_path / "x.db")
+    assert out.returncode == 0, out.stderr
+    for option in (
+        "--burst",
+        "--concurrency",
+        "--max-tasks",
+        "--max-idle-time",
+        "--dequeue-strategy",
+        "--name",
+    ):
+        assert option in out.stdout
+    out = flask_cli("worker", "emial", "--burst", db=tmp_path / "x.db")
+    assert out.returncode != 0
+    assert "'emial' is not configured" in out.stderr
+
+
+async def test_load_app_worker(app: Flask, tmp_path: Path) -> None:
+    with app.app_context():
+        task_id = await tasks.dispatch(greeting("loaded").on_queue("priority"))
+    config, task_context = load_app_worker("tests.flask_app:create_app", ["priority"])
+    assert config.sqlite_path == str(tmp_path / "app.db")
+    assert config.queues == ["priority"]
+    config, task_context = load_app_worker("tests.flask_app")  # finds create_app
+    assert config.queues == ["default", "email", "priority"]
+    driver = DriverFactory.create_from_config(config)
+    worker = Worker.from_config(driver, config, burst=True, task_context=task_context)
+    worker.install_signal_handlers = False
+    await work(worker)
+    assert await result_of(app, task_id) == "hello from flask"
+    assert teardowns("loaded") == [None]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("tests.cli_tasks", "has no app or create_app"),
+        ("tests.flask_app:nothing", "has no 'nothing'"),
+        ("tests.flask_app:DB_ENV", "not a Flask or Quart app"),
+        ("tests.no_such_module:app", "cannot import"),
+    ],
+)
+def test_load_app_worker_errors(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_app_worker(spec)
+
+
+def test_app_without_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.flask_app
+
+    monkeypatch.setattr(tests.flask_app, "bare", Flask("bare"), raising=False)
+    with pytest.raises(ConfigError, match="no asynctasq extension"):
+        load_app_worker("tests.flask_app:bare")
+
+
+def test_missing_flask_names_the_extra() -> None:
+    code = "import sys; sys.modules['flask'] = None; import asynctasq.integrations.flask"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1
+    assert 'pip install "asynctasq[flask]"' in out.stderr
+
+
+def test_the_docs_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (ROOT / "docs" / "integrations.md").read_text()
+    section = text[text.index("## Flask") :]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match
+    (tmp_path / "myapp.py").write_text(match.group(1))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "myapp", raising=False)
+    myapp = importlib.import_module("myapp")
+    app = myapp.create_app()
+    try:
+        response = app.test_client().post("/users/7")
+        assert response.status_code == 200, response.text
+        task_id = response.json["task"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
+        command = ["-m", "flask", "--app", "myapp:create_app", "asynctasq", "worker", "--burst"]
+        out = subprocess.run(
+            [sys.executable, *command], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env
+        )
+        assert out.returncode == 0, out.stderr
+        assert asyncio.run(result_of(app, task_id, "email")) == "welcome 7 from myapp"
+    finally:
+        with app.app_context():
+            myapp.tasks.close()
+        sys.modules.pop("myapp", None)

@@ -1,0 +1,234 @@
+"""The Quart extension with real apps, real SQLite brokers and real workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("quart")
+
+from quart import Quart
+
+import asynctasq
+from asynctasq.core.driver_factory import DriverFactory
+from asynctasq.core.worker import Worker
+from asynctasq.errors import ConfigError, TaskFailed
+from asynctasq.integrations import EXTENSION_KEY, AppSettings, load_app_worker
+from tests.conftest import wait_for
+from tests.quart_app import (
+    DB_ENV,
+    TEARDOWNS,
+    chain,
+    create_app,
+    fails,
+    greeting,
+    own_g,
+    slow,
+    started,
+    tasks,
+    waits,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def make_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., Quart]]:
+    """create_app() on a fresh database; the apps' producer connections close afterwards."""
+    monkeypatch.setenv(DB_ENV, str(tmp_path / "app.db"))
+    TEARDOWNS.clear()
+    started.clear()
+    made: list[Quart] = []
+
+    def make(**config: object) -> Quart:
+        made.append(create_app(**config))
+        return made[-1]
+
+    yield make
+    for app in made:
+        async with app.app_context():
+            await tasks.close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Quart]) -> Quart:
+    return make_app()
+
+
+def settings(app: Quart) -> AppSettings:
+    state = app.extensions[EXTENSION_KEY]
+    assert isinstance(state.settings, AppSettings)
+    return state.settings
+
+
+async def make_worker(app: Quart, queues: list[str] | None = None, **options: object) -> Worker:
+    options.setdefault("burst", True)
+    async with app.app_context():
+        return tasks.make_worker(queues, install_signal_handlers=False, **options)
+
+
+async def work(worker: Worker) -> Worker:
+    async with worker.driver:
+        await worker.start()
+    return worker
+
+
+async def result_of(app: Quart, task_id: str, queue: str = "default") -> object:
+    driver = DriverFactory.create_from_config(settings(app).config_for(queue))
+    async with driver:
+        return await asynctasq.result(task_id, timeout=5, driver=driver)
+
+
+async def ready(app: Quart, queue: str, connection_queue: str | None = None) -> int:
+    driver = DriverFactory.create_from_config(settings(app).config_for(connection_queue or queue))
+    async with driver:
+        return (await driver.stats([queue]))[queue]["ready"]
+
+
+def teardowns(label: str) -> list[str | None]:
+    return [exc for seen, exc in TEARDOWNS if seen == label]
+
+
+def test_settings_and_errors() -> None:
+    app = create_app(ASYNCTASQ_QUEUES="email", ASYNCTASQ_QUEUE_CONNECTIONS={"email": "mail.db"})
+    assert settings(app).queues == ["default", "email"]
+    assert settings(app).config_for("email").sqlite_path == "mail.db"
+    with pytest.raises(ConfigError, match="did you mean 'ASYNCTASQ_DRIVER'"):
+        create_app(ASYNCTASQ_DRIVERS="redis")
+
+
+async def test_views_dispatch_and_serving_closes_the_connections(app: Quart) -> None:
+    producer = app.extensions[EXTENSION_KEY].producer
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        response = await client.post("/greet/async-view")
+        assert response.status_code == 200, await response.get_data(as_text=True)
+        async_id = (await response.get_json())["id"]
+        response = await client.post("/greet-sync/sync-view")  # runs in a thread: dispatch_sync
+        assert response.status_code == 200, await response.get_data(as_text=True)
+        sync_id = (await response.get_json())["id"]
+        assert len(producer._drivers) == 2  # this loop's, and the background loop's
+    assert not producer._drivers  # after_serving closed both
+    worker = await work(await make_worker(app))
+    assert worker.succeeded == 2
+    assert await result_of(app, async_id, "email") == "hello from quart"
+    assert await result_of(app, sync_id) == "hello from quart"
+    assert teardowns("async-view") == [None]
+    assert teardowns("sync-view") == [None]
+
+
+async def test_every_task_gets_its_own_app_context(app: Quart) -> None:
+    async with app.app_context():
+        ids = await tasks.dispatch_many([own_g(n) for n in range(6)])
+    worker = await work(await make_worker(app, concurrency=6))
+    assert worker.succeeded == 6
+    assert [await result_of(app, task_id) for task_id in ids] == list(range(6))
+    for n in range(6):
+        assert teardowns(f"own-{n}") == [None]
+
+
+async def test_torn_down_on_error_and_on_timeout(app: Quart) -> None:
+    async with app.app_context():
+        failing = await tasks.dispatch(fails("error"))
+        late = await tasks.dispatch(slow("timeout"))
+    worker = await work(await make_worker(app))
+    assert worker.failed == 2
+    for task_id in (failing, late):
+        with pytest.raises(TaskFailed):
+            await result_of(app, task_id)
+    assert teardowns("error") == ["ValueError"]
+    assert teardowns("timeout") == ["TaskTimeout"]
+
+
+@pytest.mark.parametrize("how", ["stop-task", "shutdown"])
+async def test_torn_down_on_cancel(app: Quart, how: str) -> None:
+    async with app.app_context():
+        task_id = await tasks.dispatch(waits("cancel"))
+    worker = await make_worker(app, burst=False)
+    running = asyncio.create_task(work(worker))
+    try:
+        await wait_for(started.is_set)
+        if how == "stop-task":
+            assert worker.stop_task(task_id)
+        else:
+            worker.stop(force=True)
+        await wait_for(lambda: teardowns("cancel") == ["CancelledError"])
+    finally:
+        worker.stop(force=True)
+        await running
+    if how == "stop-task":
+        with pytest.raises(TaskFailed, match="stopped"):
+            await result_of(app, task_id)
+    else:
+        assert await ready(app, "default") == 1  # given back
+
+
+async def test_each_queue_goes_to_its_connection(make_app: Callable[..., Quart], tmp_path: Path) -> None:
+    app = make_app(ASYNCTASQ_QUEUE_CONNECTIONS={"email": str(tmp_path / "mail.db")})
+    async with app.app_context():
+        ids = await tasks.dispatch_many([greeting("d"), greeting("e").on_queue("email")])
+    assert await ready(app, "default") == 1
+    assert await ready(app, "email") == 1
+    assert await ready(app, "email", connection_queue="default") == 0
+    worker = await work(await make_worker(app, ["email"]))
+    assert worker.succeeded == 1
+    assert await result_of(app, ids[1], "email") == "hello from quart"
+    assert await ready(app, "default") == 1
+
+
+def quart_cli(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
+    env[DB_ENV] = str(db)
+    return subprocess.run(
+        [sys.executable, "-m", "quart", "--app", "tests.quart_app:create_app", "asynctasq", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+async def test_quart_asynctasq_worker_command(app: Quart, tmp_path: Path) -> None:
+    async with app.app_context():
+        email_id = await tasks.dispatch(greeting("cli").on_queue("email"))
+        chain_id = await tasks.dispatch(chain("chained").on_queue("email"))
+        await tasks.dispatch(greeting("left"))
+    out = await asyncio.to_thread(
+        quart_cli, "worker", "email", "--burst", "--name", "qw1", db=tmp_path / "app.db"
+    )
+    assert out.returncode == 0, out.stderr
+    assert "worker qw1 listening on email" in out.stderr
+    assert "Warning" not in out.stderr  # the connection the chain task opened was closed
+    assert await result_of(app, email_id, "email") == "hello from quart"
+    follow_up = await result_of(app, chain_id, "email")
+    assert isinstance(follow_up, str)
+    assert await result_of(app, follow_up, "email") == "hello from quart"
+    assert await ready(app, "default") == 1
+
+
+async def test_load_app_worker(app: Quart, tmp_path: Path) -> None:
+    async with app.app_context():
+        task_id = await tasks.dispatch(greeting("loaded"))
+    config, task_context = load_app_worker("tests.quart_app:create_app")
+    assert config.sqlite_path == str(tmp_path / "app.db")
+    assert config.queues == ["default", "email", "priority"]
+    driver = DriverFactory.create_from_config(config)
+    worker = Worker.from_config(driver, config, burst=True, task_context=task_context)
+    worker.install_signal_handlers = False
+    await work(worker)
+    assert await result_of(app, task_id) == "hello from quart"
+    assert teardowns("loaded") == [None]
+
+
+def test_missing_quart_names_the_extra() -> None:
+    code = "import sys; sys.modules['quart'] = None; import asynctasq.integrations.quart"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1
+    assert 'pip install "asynctasq[quart]"' in out.stderr
