@@ -180,6 +180,7 @@ class Worker:
         self._pool: ProcessPool | None = None
         self._background: list[asyncio.Task[None]] = []
         self._store_results = results_ttl > 0 and queue_driver.supports("results")
+        self._debug = log.isEnabledFor(logging.DEBUG)
 
     @classmethod
     def from_config(cls, driver: BaseDriver, config: Config, **overrides: Any) -> Worker:
@@ -459,6 +460,8 @@ class Worker:
                 await self._retry(delivery, env, attempt, exc, None)
                 return
             self.succeeded += 1
+            if self._debug:
+                log.debug("task %s %s succeeded in %.4fs", env.task, env.id, time.monotonic() - started)
             if self._store_results:
                 self._results.append((env.id, self._encode_result({"status": "ok", "value": value})))
             self._acks.append(delivery)
