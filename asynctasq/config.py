@@ -109,7 +109,9 @@ class Config:
     redis_db: int | None = _setting(
         None, "Redis database number (default: the URL's, else 0).", group="redis"
     )
-    redis_max_connections: int = _setting(50, "Redis connection pool size.", group="redis")
+    redis_max_connections: int = _setting(
+        50, "Redis connections kept for blocking waits; one more carries every other command.", group="redis"
+    )
     redis_prefix: str = _setting("asynctasq", "Key prefix, so several apps share one Redis.", group="redis")
     # -- postgres
     postgres_dsn: str = _setting(

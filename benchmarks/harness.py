@@ -217,6 +217,9 @@ def latency(driver: str, n: int, concurrency: int, rate: float = 200.0) -> dict[
         from asynctasq.task import close_producer
 
         asynctasq.configure(driver=driver)
+        from asynctasq.task import producer_driver
+
+        await producer_driver()  # connect (and import the driver) before the clock starts
         start = time.perf_counter()
         for i in range(n):
             target = start + i / rate

@@ -1,0 +1,44 @@
+"""The Redis backend: the shared server on 127.0.0.1:6379, one key prefix per namespace."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+from tests.backends import ServiceUnavailable, check_port
+
+REDIS_URL = os.environ.get("ASYNCTASQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def check_redis() -> None:
+    parts = urlsplit(REDIS_URL)
+    check_port("Redis", parts.hostname or "127.0.0.1", parts.port or 6379)
+
+
+async def make_driver(namespace: str, **options: Any) -> Any:
+    check_redis()
+    try:
+        from asynctasq.drivers.redis import RedisDriver
+    except ImportError as exc:
+        raise ServiceUnavailable(f"redis-py is not installed: {exc}") from exc
+    driver = RedisDriver(url=REDIS_URL, prefix=namespace, **options)
+    await driver.connect()
+    return driver
+
+
+async def cleanup(namespace: str) -> None:
+    """Delete every key of ``namespace`` (all of them start with ``{namespace``)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        doomed = [key async for key in client.scan_iter(match=f"{{{namespace}[:}}]*", count=1000)]
+        for i in range(0, len(doomed), 500):
+            await client.delete(*doomed[i : i + 500])
+    finally:
+        await client.aclose()
+
+
+def driver_config(namespace: str) -> dict[str, Any]:
+    return {"driver": "redis", "redis_url": REDIS_URL, "redis_prefix": namespace}
