@@ -437,46 +437,50 @@ def failed_list(
     _run(_with_driver(config, main))
 
 
-@failed_app.command("requeue")
-@with_settings("general")
-def failed_requeue(
-    ids: Annotated[Optional[list[str]], typer.Argument(help="Ids from `failed list`.")] = None,  # noqa: UP045
-    queue: Annotated[Optional[str], typer.Option("--queue", "-q", help="Only this queue.")] = None,  # noqa: UP045
-    all_: Annotated[bool, typer.Option("--all", help="Every failed task.")] = False,
-    *,
-    flags: dict[str, Any],
-) -> None:
-    """Put failed tasks back on their queue."""
+_IDS = typer.Argument(help="Ids from `failed list`.")
+_ONLY_QUEUE = typer.Option("--queue", "-q", help="Only this queue.")
+_ALL = typer.Option("--all", help="Every failed task.")
+
+
+def _failed_bulk(
+    action: str, ids: list[str] | None, queue: str | None, all_: bool, flags: dict[str, Any]
+) -> int:
+    """Run ``driver.failed_<action>`` on the selected entries; return how many it touched."""
     if not ids and not queue and not all_:
         raise _fail("name ids, --queue or --all", 2)
     config = _config(flags)
 
     async def main(driver: Any) -> int:
-        count: int = await driver.failed_requeue(ids or None, queue)
+        count: int = await getattr(driver, f"failed_{action}")(ids or None, queue)
         return count
 
-    typer.echo(f"requeued {_run(_with_driver(config, main))} task(s)")
+    return _run(_with_driver(config, main))
+
+
+@failed_app.command("requeue")
+@with_settings("general")
+def failed_requeue(
+    ids: Annotated[Optional[list[str]], _IDS] = None,  # noqa: UP045
+    queue: Annotated[Optional[str], _ONLY_QUEUE] = None,  # noqa: UP045
+    all_: Annotated[bool, _ALL] = False,
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Put failed tasks back on their queue."""
+    typer.echo(f"requeued {_failed_bulk('requeue', ids, queue, all_, flags)} task(s)")
 
 
 @failed_app.command("purge")
 @with_settings("general")
 def failed_purge(
-    ids: Annotated[Optional[list[str]], typer.Argument(help="Ids from `failed list`.")] = None,  # noqa: UP045
-    queue: Annotated[Optional[str], typer.Option("--queue", "-q", help="Only this queue.")] = None,  # noqa: UP045
-    all_: Annotated[bool, typer.Option("--all", help="Every failed task.")] = False,
+    ids: Annotated[Optional[list[str]], _IDS] = None,  # noqa: UP045
+    queue: Annotated[Optional[str], _ONLY_QUEUE] = None,  # noqa: UP045
+    all_: Annotated[bool, _ALL] = False,
     *,
     flags: dict[str, Any],
 ) -> None:
     """Delete failed tasks for good."""
-    if not ids and not queue and not all_:
-        raise _fail("name ids, --queue or --all", 2)
-    config = _config(flags)
-
-    async def main(driver: Any) -> int:
-        count: int = await driver.failed_purge(ids or None, queue)
-        return count
-
-    typer.echo(f"purged {_run(_with_driver(config, main))} task(s)")
+    typer.echo(f"purged {_failed_bulk('purge', ids, queue, all_, flags)} task(s)")
 
 
 try:  # typer >= 0.22 carries its own click
