@@ -96,6 +96,11 @@ class Config:
     process_pool_max_tasks_per_child: int | None = _setting(
         None, "Recycle a pool process after this many tasks.", group="worker"
     )
+    process_pool_max_memory_per_child_mb: float | None = _setting(
+        None,
+        "Recycle a pool process, after its current task, once its RSS passes this many MB.",
+        group="worker",
+    )
     log_level: str = _setting(
         "INFO", "Logging level.", group="worker", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
     )

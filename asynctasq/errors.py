@@ -15,7 +15,9 @@
     │   ├── ResultTimeout         no result arrived in time
     │   └── TaskFailed            the task ended in the failed registry
     ├── TaskTimeout               a task ran past its timeout (recorded, not raised to users)
-    └── ProcessLost               the pool process running a process=True task died
+    ├── ProcessLost               the pool process running a process=True task died
+    ├── ProcessPoolError          the process pool cannot take a task (not started, closing)
+    └── RemoteTaskError           a process task raised what cannot cross back as itself
 
 Control flow that tasks raise on purpose is not an error: :class:`Retry` asks the worker to
 run the task again later, and counts as an attempt.
@@ -74,6 +76,9 @@ class TaskFailed(ResultError):
         self.task_id = task_id
         self.error = error
 
+    def __reduce__(self) -> tuple[type[TaskFailed], tuple[str, str]]:
+        return (type(self), (self.task_id, self.error))
+
 
 class TaskTimeout(AsyncTasQError, TimeoutError):
     pass
@@ -81,6 +86,24 @@ class TaskTimeout(AsyncTasQError, TimeoutError):
 
 class ProcessLost(AsyncTasQError):
     pass
+
+
+class ProcessPoolError(AsyncTasQError, RuntimeError):
+    """The pool cannot take the task: not started, closing, or its children fail to start."""
+
+
+class RemoteTaskError(AsyncTasQError):
+    """A process task raised something the worker cannot re-raise as itself: an exception that
+    does not pickle, or a ``BaseException`` such as ``SystemExit``."""
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[type[RemoteTaskError], tuple[str, str, str]]:
+        return (type(self), (self.type_name, self.message, self.remote_traceback))
 
 
 class Retry(Exception):
@@ -91,3 +114,7 @@ class Retry(Exception):
             reason or (f"retry requested in {delay}s" if delay is not None else "retry requested")
         )
         self.delay = delay
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[Retry], tuple[float | None, str]]:
+        return (type(self), (self.delay, self.reason))

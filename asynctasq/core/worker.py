@@ -82,7 +82,9 @@ class Worker:
         serializer: how results are encoded (tasks are decoded in whatever format they came).
         worker_id: the name in the worker registry (default ``host.pid.random``).
         heartbeat_interval: seconds between worker-registry heartbeats.
-        process_pool_size / process_pool_max_tasks_per_child: the pool for ``process=True`` tasks.
+        process_pool_size / process_pool_max_tasks_per_child / process_pool_max_memory_per_child_mb:
+            the pool for ``process=True`` tasks (started with the worker when such tasks are
+            registered; children import their modules once).
         burst: return once the queues are empty and running tasks are done.
         max_idle_time: return after this many seconds with no task.
         dequeue_strategy: ``round_robin`` (default), ``priority`` or ``random``.
@@ -122,6 +124,7 @@ class Worker:
         install_signal_handlers: bool = True,
         imports: Sequence[str] = (),
         sys_path: Sequence[str] = (),
+        process_pool_max_memory_per_child_mb: float | None = None,
     ) -> None:
         if isinstance(queues, str):
             queues = [q for q in queues.split(",") if q]
@@ -154,6 +157,7 @@ class Worker:
         self.install_signal_handlers = install_signal_handlers
         self.process_pool_size = process_pool_size
         self.process_pool_max_tasks_per_child = process_pool_max_tasks_per_child
+        self.process_pool_max_memory_per_child_mb = process_pool_max_memory_per_child_mb
         self.imports = list(imports)
         self.sys_path = list(sys_path)
 
@@ -193,6 +197,7 @@ class Worker:
             heartbeat_interval=config.heartbeat_interval,
             process_pool_size=config.process_pool_size,
             process_pool_max_tasks_per_child=config.process_pool_max_tasks_per_child,
+            process_pool_max_memory_per_child_mb=config.process_pool_max_memory_per_child_mb,
             burst=config.burst,
             max_idle_time=config.max_idle_time,
             dequeue_strategy=config.dequeue_strategy,
@@ -692,16 +697,20 @@ class Worker:
             log.warning("ignoring unknown command %r", command)
 
     async def _start_pool(self) -> None:
-        if not any(d.process for d in (self.registry.get(n) for n in self.registry.names()) if d):
+        process_tasks = [d for d in (self.registry.get(n) for n in self.registry.names()) if d and d.process]
+        if not process_tasks:
             return
         try:
             from asynctasq.process_pool import ProcessPool
         except ImportError:
             return
+        # children import the modules of the process tasks, plus what the worker was told to
+        modules = [d.module for d in process_tasks if d.module not in ("", "__main__", "__mp_main__")]
         self._pool = ProcessPool(
             self.process_pool_size,
             max_tasks_per_child=self.process_pool_max_tasks_per_child,
-            imports=self.imports,
+            max_memory_per_child_mb=self.process_pool_max_memory_per_child_mb,
+            imports=list(dict.fromkeys([*self.imports, *modules])),
             sys_path=self.sys_path,
         )
         await self._pool.start()
