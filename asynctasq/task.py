@@ -115,10 +115,6 @@ class TaskCall:
 
     def envelope(self, config: Config) -> Envelope:
         d = self.definition
-        if d.process and not _process_pool_available():
-            raise TaskDefinitionError(
-                f"task {d.name!r} has process=True, but this version of asynctasq has no process pool"
-            )
         return Envelope(
             task=d.name,
             args=list(self.args),
@@ -152,14 +148,6 @@ class TaskCall:
 
     def __repr__(self) -> str:
         return f"<TaskCall {self.definition.name}{self.args!r} {self.kwargs!r}>"
-
-
-def _process_pool_available() -> bool:
-    try:
-        import asynctasq.process_pool  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class TaskFunction(Generic[P, R]):
