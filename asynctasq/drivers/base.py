@@ -13,7 +13,8 @@ What every driver must give:
 - Every delivery has a fresh ``token``. ``ack``, ``release``, ``extend`` and ``fail`` act only
   while the token is still the message's current one; otherwise they change nothing and say so
   (``False``, or a smaller count). A worker that lost its lease can never touch the new
-  holder's work.
+  holder's work. (A lease that expired but that nobody has claimed again may still be acked
+  or extended: no one else holds it. Drivers may refuse that too.)
 - ``release(delivery, delay, body=None)`` is one atomic step. Without ``body`` it gives the
   message back uncounted (its delivery count goes back down by one); with ``body`` it
   replaces the stored message (a retry) and resets the delivery count to zero.

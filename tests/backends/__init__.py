@@ -17,7 +17,7 @@ import pytest
 
 from asynctasq.drivers.base import BaseDriver
 
-BACKENDS = ["memory", "sqlite", "redis"]
+BACKENDS = ["memory", "postgres", "sqlite", "redis"]
 """Every driver the conformance suite runs against."""
 
 MakeDriver = Callable[..., Awaitable[BaseDriver]]

@@ -1,0 +1,40 @@
+"""PostgreSQL backend: each test namespace gets its own schema in the ``test`` database."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from asynctasq.drivers.postgres import PostgresDriver
+from tests.backends import ServiceUnavailable, check_port
+
+HOST, PORT = "127.0.0.1", 5432
+DSN = os.environ.get("ASYNCTASQ_TEST_POSTGRES_DSN", f"postgresql://postgres@{HOST}:{PORT}/test")
+
+
+async def make_driver(namespace: str, **options: Any) -> PostgresDriver:
+    check_port("PostgreSQL", HOST, PORT)
+    options.setdefault("max_pool_size", 4)
+    driver = PostgresDriver(dsn=DSN, schema=namespace, **options)
+    try:
+        await driver.connect()
+    except OSError as exc:  # pragma: no cover - the port check above catches most of this
+        raise ServiceUnavailable(f"PostgreSQL is not reachable: {exc}") from exc
+    return driver
+
+
+async def cleanup(namespace: str) -> None:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(DSN, timeout=5)
+    except OSError:
+        return
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{namespace}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def driver_config(namespace: str) -> dict[str, Any]:
+    return {"driver": "postgres", "postgres_dsn": DSN, "postgres_schema": namespace}
