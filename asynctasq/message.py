@@ -7,8 +7,8 @@ refuses versions newer than it knows, with a message that says to upgrade it.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -20,7 +20,8 @@ T = TypeVar("T", int, float)
 
 
 def new_task_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as 32 hex digits (the shape of uuid4().hex, at a quarter of its cost)."""
+    return os.urandom(16).hex()
 
 
 @dataclass(slots=True)
