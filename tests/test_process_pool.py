@@ -294,8 +294,12 @@ async def test_a_cancelled_start_leaves_no_child(after: float) -> None:
     starting = asyncio.create_task(pool.start())
     await asyncio.sleep(after)
     starting.cancel()
-    with pytest.raises(asyncio.CancelledError):
+    try:
         await starting
+    except asyncio.CancelledError:
+        pass  # cancelled while starting: no child may be left behind
+    else:
+        await pool.close()  # on a busy machine it was ready before the cancel arrived
 
     def pool_children() -> list[multiprocessing.process.BaseProcess]:
         return [p for p in multiprocessing.active_children() if p.name.startswith("asynctasq-pool")]
