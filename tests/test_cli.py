@@ -165,3 +165,42 @@ def test_worker_app_option_runs_tasks_in_the_flask_app_context(tmp_path: Path) -
         "worker", "--app", "tests.flask_app:nothing_here", "--burst", env={"TEST_ASYNCTASQ_DB": str(db)}
     )
     assert out.returncode == 2 and out.stderr.startswith("error: ")
+
+
+async def test_info_shutdown_and_stop_task_reach_a_running_worker(tmp_path: Path) -> None:
+    from tests.conftest import wait_for
+
+    env = {"ASYNCTASQ_SQLITE_PATH": str(tmp_path / "ctl.db"), "ASYNCTASQ_HEARTBEAT_INTERVAL": "0.2"}
+    marks = tmp_path / "marks.txt"
+    out = cli(
+        "dispatch", "tests.cli_tasks.mark", "--args", '["long", 60]', "--import", "tests.cli_tasks", env=env
+    )
+    assert out.returncode == 0, out.stderr
+    task_id = out.stdout.strip()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
+    full_env.update(env, ASYNCTASQ_TEST_MARKS=str(marks))
+    with open(tmp_path / "worker.log", "w") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "asynctasq", "worker", "--name", "ctl-1", "--import", "tests.cli_tasks"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        await wait_for(lambda: task_id in cli("info", env=env).stdout, timeout=30, interval=0.2)
+        listed = cli("info", env=env).stdout
+        assert "ctl-1" in listed and "busy" in listed
+        out = cli("stop-task", task_id, env=env)
+        assert out.returncode == 0 and "stop sent to ctl-1" in out.stdout
+        await wait_for(lambda: "stopped" in cli("failed", "list", env=env).stdout, timeout=30, interval=0.2)
+        assert cli("stop-task", "no-such-task", env=env).returncode == 1
+        out = cli("shutdown", "ctl-1", env=env)
+        assert out.returncode == 0
+        assert worker.wait(30) == 0, (tmp_path / "worker.log").read_text()
+        assert "ctl-1" not in cli("info", env=env).stdout
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert not marks.exists(), "the stopped task must not have finished"
