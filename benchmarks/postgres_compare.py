@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -28,6 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+
+from compare_common import add_arguments, column, fmt, interleaved, print_table, run_json  # noqa: E402
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/asynctasq_bench"
 SYSTEMS = ["asynctasq", "pgqueuer", "procrastinate"]
@@ -70,13 +69,7 @@ def _command(system: str, workload: str, dsn: str) -> tuple[list[str], dict[str,
 
 def _run(system: str, workload: str, dsn: str) -> dict[str, Any]:
     cmd, env = _command(system, workload, dsn)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join(proc.stderr.splitlines()[-5:])
-        raise SystemExit(f"{system} {workload} failed ({proc.returncode}):\n{tail}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    return run_json(f"{system} {workload}", cmd, env)
 
 
 async def _driver_limit(dsn: str, n: int, batch: int) -> float:
@@ -104,65 +97,30 @@ async def _driver_limit(dsn: str, n: int, batch: int) -> float:
         await driver.disconnect()
 
 
-def _fmt(values: list[float], digits: int = 0) -> str:
-    if not values:
-        return "-"
-    med = statistics.median(values)
-    if digits:
-        return f"{med:,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
-    return f"{med:,.0f} ({min(values):,.0f}-{max(values):,.0f})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dsn", default=os.environ.get("ASYNCTASQ_BENCH_POSTGRES_DSN", DEFAULT_DSN))
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--workloads", default="noop,io,latency")
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--limits", action="store_true", help="also measure the bare driver loop")
+    add_arguments(parser, SYSTEMS, "also measure the bare driver loop")
     args = parser.parse_args()
     workloads = args.workloads.split(",")
     systems = args.systems.split(",")
     _ensure_database(args.dsn)
-    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for rep in range(args.reps):
-        order = systems[rep % len(systems) :] + systems[: rep % len(systems)]
-        for workload in workloads:
-            for system in order:
-                res = _run(system, workload, args.dsn)
-                results.setdefault((system, workload), []).append(res)
-                shown = {k: v for k, v in res.items() if k not in ("workload", "driver")}
-                print(f"rep {rep + 1} {workload:8} {system:14} {shown}", flush=True)
+    results = interleaved(systems, workloads, args.reps, lambda s, w: _run(s, w, args.dsn))
 
     def col(system: str, workload: str, key: str) -> list[float]:
-        return [float(r[key]) for r in results.get((system, workload), []) if key in r]
+        return column(results, system, workload, key)
 
-    print()
-    print(f"PostgreSQL, one worker process, median of {args.reps} (min-max), interleaved")
-    print()
-    print(
-        "| system | noop drain/s | enqueue single/s | enqueue bulk/s | io efficiency "
-        "| p50 ms | p99 ms | max ms |"
+    print_table(
+        f"PostgreSQL, one worker process, median of {args.reps} (min-max), interleaved", systems, results
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for system in systems:
-        print(
-            f"| {system} | {_fmt(col(system, 'noop', 'drain_per_s'))} "
-            f"| {_fmt(col(system, 'noop', 'enqueue_single_per_s'))} "
-            f"| {_fmt(col(system, 'noop', 'enqueue_bulk_per_s'))} "
-            f"| {_fmt(col(system, 'io', 'efficiency'), 2)} "
-            f"| {_fmt(col(system, 'latency', 'p50_ms'), 2)} "
-            f"| {_fmt(col(system, 'latency', 'p99_ms'), 2)} "
-            f"| {_fmt(col(system, 'latency', 'max_ms'), 1)} |"
-        )
     ours = col("asynctasq", "noop", "drain_per_s")
     for peer in systems:
         theirs = col(peer, "noop", "drain_per_s")
         if peer != "asynctasq" and ours and theirs:
             ratios = [a / b for a, b in zip(ours, theirs, strict=False)]
-            print(f"\nnoop drain asynctasq / {peer}: {_fmt(ratios, 2)} (per repetition)", end="")
+            print(f"\nnoop drain asynctasq / {peer}: {fmt(ratios, 2)} (per repetition)", end="")
     print()
     print()
     print("Workloads: noop 10k tasks (procrastinate 2k: same rate, shorter run), concurrency 10;")

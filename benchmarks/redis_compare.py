@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -30,6 +29,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(HERE, "peers"))
+
+from compare_common import add_arguments, column, interleaved, print_table, run_json  # noqa: E402
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 # system -> (virtualenv, script, variant)
@@ -71,16 +72,10 @@ def _run(system: str, workload: str, url: str) -> dict[str, Any]:
     prefix = "bench" + uuid.uuid4().hex[:8]
     cmd, env = _command(system, workload, url, prefix)
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        return run_json(f"{system} {workload}", cmd, env)
     finally:
         if system == "asynctasq":
             delete_matching(url, f"{{{prefix}*")
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join(proc.stderr.splitlines()[-8:])
-        raise SystemExit(f"{system} {workload} failed ({proc.returncode}):\n{tail}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
 
 
 def _redis_benchmark(url: str, pipeline: int) -> str:
@@ -122,56 +117,23 @@ async def _driver_limit(url: str, n: int, batch: int) -> float:
         delete_matching(url, f"{{{prefix}*")
 
 
-def _fmt(values: list[float], digits: int = 0) -> str:
-    if not values:
-        return "-"
-    med = statistics.median(values)
-    if digits:
-        return f"{med:,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
-    return f"{med:,.0f} ({min(values):,.0f}-{max(values):,.0f})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--redis-url", default=os.environ.get("ASYNCTASQ_BENCH_REDIS_URL", DEFAULT_URL))
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--workloads", default="noop,io,latency")
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--limits", action="store_true", help="also print what the client side allows")
+    add_arguments(parser, SYSTEMS, "also print what the client side allows")
     args = parser.parse_args()
     workloads = args.workloads.split(",")
     systems = args.systems.split(",")
-    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for rep in range(args.reps):
-        order = systems[rep % len(systems) :] + systems[: rep % len(systems)]
-        for workload in workloads:
-            for system in order:
-                res = _run(system, workload, args.redis_url)
-                results.setdefault((system, workload), []).append(res)
-                shown = {k: v for k, v in res.items() if k not in ("workload", "driver", "system", "notes")}
-                print(f"rep {rep + 1} {workload:8} {system:14} {shown}", flush=True)
+    results = interleaved(systems, workloads, args.reps, lambda s, w: _run(s, w, args.redis_url))
 
     def col(system: str, workload: str, key: str) -> list[float]:
-        return [float(r[key]) for r in results.get((system, workload), []) if r.get(key) is not None]
+        return column(results, system, workload, key)
 
-    print()
-    print(f"Redis, one worker process, median of {args.reps} (min-max), systems interleaved")
-    print()
-    print("| system | noop drain/s | enqueue single/s | enqueue bulk/s | io efficiency ", end="")
-    print("| p50 ms | p99 ms | max ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for system in systems:
-        print(
-            f"| {system} | {_fmt(col(system, 'noop', 'drain_per_s'))} "
-            f"| {_fmt(col(system, 'noop', 'enqueue_single_per_s'))} "
-            f"| {_fmt(col(system, 'noop', 'enqueue_bulk_per_s'))} "
-            f"| {_fmt(col(system, 'io', 'efficiency'), 2)} "
-            f"| {_fmt(col(system, 'latency', 'p50_ms'), 2)} "
-            f"| {_fmt(col(system, 'latency', 'p99_ms'), 2)} "
-            f"| {_fmt(col(system, 'latency', 'max_ms'), 1)} |"
-        )
+    print_table(
+        f"Redis, one worker process, median of {args.reps} (min-max), systems interleaved", systems, results
+    )
     ours = col("asynctasq", "noop", "drain_per_s")
     peers = [s for s in systems if s != "asynctasq" and col(s, "noop", "drain_per_s")]
     if ours and peers:
