@@ -215,7 +215,8 @@ class Worker:
 
     def stop(self, *, force: bool = False) -> None:
         """Ask the worker to stop: finish running tasks for up to ``shutdown_timeout`` (or, with
-        ``force``, give them back now)."""
+        ``force``, give them back now). Call it on the worker's event loop (from another thread:
+        ``loop.call_soon_threadsafe(worker.stop)``)."""
         if force:
             if not self._force.is_set():
                 log.warning("stopping now: giving back %d running task(s)", len(self._running))
@@ -223,7 +224,7 @@ class Worker:
             for running in list(self._running.values()):
                 self._cancel(running, _SHUTDOWN)
         if not self._stop.is_set():
-            self._stop_deadline = asyncio.get_running_loop().time() + self.shutdown_timeout
+            self._stop_deadline = time.monotonic() + self.shutdown_timeout
             self._stop.set()
         self._slot_freed.set()
 
@@ -381,11 +382,10 @@ class Worker:
     async def _drain(self) -> None:
         """Let running tasks finish: without limit after a natural end (burst, max_tasks, idle),
         up to ``shutdown_timeout`` after a stop request; then cancel and give back the rest."""
-        loop = asyncio.get_running_loop()
         while self._running and not self._force.is_set():
             timeout = None
             if self._stop.is_set():
-                timeout = self._stop_deadline - loop.time()
+                timeout = self._stop_deadline - time.monotonic()
                 if timeout <= 0:
                     break
             waiters = [
