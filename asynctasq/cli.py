@@ -296,19 +296,7 @@ def dispatch(
     _dispatch(task_name, args, kwargs, queue, delay, flags)
 
 
-@app.command(name="enqueue")
-@with_settings("general", "worker")
-def enqueue(
-    task_name: Annotated[str, typer.Argument(help="Registered task name.")],
-    args: Annotated[str, _ARGS] = "[]",
-    kwargs: Annotated[str, _KWARGS] = "{}",
-    queue: Annotated[Optional[str], _QUEUE] = None,  # noqa: UP045
-    delay: Annotated[float, _DELAY] = 0.0,
-    *,
-    flags: dict[str, Any],
-) -> None:
-    """Same as dispatch."""
-    _dispatch(task_name, args, kwargs, queue, delay, flags)
+app.command(name="enqueue", help="Same as dispatch.")(dispatch)
 
 
 # -- inspecting ----------------------------------------------------------------------------

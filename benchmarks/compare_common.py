@@ -7,6 +7,7 @@ import argparse
 import json
 import statistics
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,6 +46,22 @@ def interleaved(
                 shown = {k: v for k, v in res.items() if k not in ("workload", "driver", "system", "notes")}
                 print(f"rep {rep + 1} {workload:8} {system:14} {shown}", flush=True)
     return results
+
+
+async def bare_drain_rate(driver: Any, n: int, batch: int, body: bytes) -> float:
+    """Tasks/s of one dequeue(batch) + ack(batch) loop on a connected bare driver."""
+    from asynctasq.drivers.base import EnqueueItem
+
+    for start in range(0, n, 1000):
+        await driver.enqueue_many([EnqueueItem("q", body)] * min(1000, n - start))
+    done = 0
+    started = time.perf_counter()
+    while done < n:
+        got = await driver.dequeue(["q"], batch, wait=0)
+        if not got:
+            break
+        done += await driver.ack(got)
+    return done / (time.perf_counter() - started)
 
 
 def column(results: Results, system: str, workload: str, key: str) -> list[float]:

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import sys
-import time
 import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -26,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from compare_common import add_arguments, column, fmt, interleaved, print_table, run_json  # noqa: E402
+from compare_common import add_arguments, bare_drain_rate, column, fmt, interleaved, print_table, run_json  # noqa: E402
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/asynctasq_bench"
 SYSTEMS = ["asynctasq", "pgqueuer", "procrastinate"]
@@ -74,23 +73,13 @@ def _run(system: str, workload: str, dsn: str) -> dict[str, Any]:
 
 async def _driver_limit(dsn: str, n: int, batch: int) -> float:
     """Tasks/s of one dequeue(batch) + ack(batch) loop on the bare driver."""
-    from asynctasq.drivers.base import EnqueueItem
     from asynctasq.drivers.postgres import PostgresDriver
 
     schema = "limits_" + uuid.uuid4().hex[:8]
     driver = PostgresDriver(dsn=dsn, schema=schema, max_pool_size=2)
     await driver.connect()
     try:
-        for start in range(0, n, 1000):
-            await driver.enqueue_many([EnqueueItem("q", b"x")] * min(1000, n - start))
-        done = 0
-        started = time.perf_counter()
-        while done < n:
-            got = await driver.dequeue(["q"], batch, wait=0)
-            if not got:
-                break
-            done += await driver.ack(got)
-        return done / (time.perf_counter() - started)
+        return await bare_drain_rate(driver, n, batch, b"x")
     finally:
         assert driver._pool is not None
         await driver._pool.execute(f'DROP SCHEMA "{schema}" CASCADE')

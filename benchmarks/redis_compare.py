@@ -20,7 +20,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +29,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(HERE, "peers"))
 
-from compare_common import add_arguments, column, interleaved, print_table, run_json  # noqa: E402
+from compare_common import add_arguments, bare_drain_rate, column, interleaved, print_table, run_json  # noqa: E402
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 # system -> (virtualenv, script, variant)
@@ -92,23 +91,13 @@ def _redis_benchmark(url: str, pipeline: int) -> str:
 
 async def _driver_limit(url: str, n: int, batch: int) -> float:
     """Tasks/s of one dequeue(batch) + ack(batch) loop on the bare driver."""
-    from asynctasq.drivers.base import EnqueueItem
     from asynctasq.drivers.redis import RedisDriver
 
     prefix = "limits" + uuid.uuid4().hex[:8]
     driver = RedisDriver(url=url, prefix=prefix)
     await driver.connect()
     try:
-        for start in range(0, n, 1000):
-            await driver.enqueue_many([EnqueueItem("q", b"x" * 100)] * min(1000, n - start))
-        done = 0
-        started = time.perf_counter()
-        while done < n:
-            got = await driver.dequeue(["q"], batch, wait=0)
-            if not got:
-                break
-            done += await driver.ack(got)
-        return done / (time.perf_counter() - started)
+        return await bare_drain_rate(driver, n, batch, b"x" * 100)
     finally:
         await driver.purge("q")
         await driver.disconnect()
