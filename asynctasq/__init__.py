@@ -11,7 +11,7 @@
 """
 
 from asynctasq.config import Config, configure, get_config
-from asynctasq.core.driver_factory import DriverFactory
+from asynctasq.core.driver_factory import DriverFactory, connect
 from asynctasq.core.worker import Worker
 from asynctasq.drivers.base import BaseDriver, Delivery
 from asynctasq.errors import (
@@ -45,6 +45,7 @@ __all__ = [
     "Worker",
     "__version__",
     "configure",
+    "connect",
     "dispatch_many",
     "get_config",
     "result",

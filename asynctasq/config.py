@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from asynctasq import constants as c
+from asynctasq.drivers import DRIVER_NAMES
 from asynctasq.errors import ConfigError
+from asynctasq.utils.urls import redact_url
 
 ENV_PREFIX = "ASYNCTASQ_"
-DRIVERS = ("sqlite", "memory", "redis", "postgres", "mysql", "sqs", "rabbitmq")
+DRIVERS = DRIVER_NAMES
 SERIALIZERS = ("msgpack", "json", "pickle")
 DEQUEUE_STRATEGIES = ("round_robin", "priority", "random")
 
@@ -48,36 +49,46 @@ class Config:
     """The settings of producers and workers; see the module docstring for sources."""
 
     # -- general
-    driver: str = _setting("sqlite", "Broker driver.", choices=DRIVERS)
+    driver: str = _setting(c.DEFAULT_DRIVER, "Broker driver.", choices=DRIVERS)
     serializer: str = _setting(
-        "msgpack",
+        c.DEFAULT_SERIALIZER,
         "Payload format of dispatched tasks; workers read msgpack and JSON, and pickle "
         "only when this is 'pickle'.",
         choices=SERIALIZERS,
     )
-    default_queue: str = _setting("default", "Queue of tasks that name none.")
-    default_max_attempts: int = _setting(3, "Attempts of tasks that set none.")
+    default_queue: str = _setting(c.DEFAULT_QUEUE, "Queue of tasks that name none.")
+    default_max_attempts: int = _setting(c.DEFAULT_MAX_ATTEMPTS, "Attempts of tasks that set none.")
     default_timeout: float | None = _setting(None, "Timeout in seconds of tasks that set none.")
     default_retry_after: float = _setting(
-        1.0, "Base of the exponential retry backoff in seconds (doubles per attempt, jittered)."
+        c.DEFAULT_RETRY_AFTER_S,
+        "Base of the exponential retry backoff in seconds (doubles per attempt, jittered).",
     )
-    max_retry_delay: float = _setting(3600.0, "Upper bound of a computed retry delay, seconds.")
-    results_ttl: float = _setting(500.0, "Seconds a task's result is kept; 0 keeps none.")
+    max_retry_delay: float = _setting(
+        c.DEFAULT_MAX_RETRY_DELAY_S, "Upper bound of a computed retry delay, seconds."
+    )
+    results_ttl: float = _setting(c.DEFAULT_RESULTS_TTL_S, "Seconds a task's result is kept; 0 keeps none.")
     lease_seconds: float = _setting(
-        30.0,
+        c.DEFAULT_LEASE_S,
         "Lease of a dequeued task; the worker extends it while the task runs. A task of a "
         "worker that died comes back after this long.",
     )
+    max_message_bytes: int | None = _setting(
+        None,
+        "Largest encoded task message accepted at dispatch (default: the driver's limit, 16 MiB, "
+        "or the broker's own where lower).",
+    )
     # -- worker
-    queues: list[str] = _setting(("default",), "Queues in priority order, comma-separated.", group="worker")
-    concurrency: int = _setting(10, "Most tasks run at once.", group="worker")
+    queues: list[str] = _setting(
+        (c.DEFAULT_QUEUE,), "Queues in priority order, comma-separated.", group="worker"
+    )
+    concurrency: int = _setting(c.DEFAULT_CONCURRENCY, "Most tasks run at once.", group="worker")
     burst: bool = _setting(False, "Process what is queued, then exit.", group="worker")
     max_tasks: int | None = _setting(None, "Exit after exactly this many tasks.", group="worker")
     max_idle_time: float | None = _setting(
         None, "Exit after this many seconds without a task.", group="worker"
     )
     dequeue_strategy: str = _setting(
-        "round_robin", "How queues are visited.", group="worker", choices=DEQUEUE_STRATEGIES
+        c.DEFAULT_DEQUEUE_STRATEGY, "How queues are visited.", group="worker", choices=DEQUEUE_STRATEGIES
     )
     worker_name: str | None = _setting(
         None, "Worker name (default: host.pid.random).", flag="name", group="worker"
@@ -87,9 +98,13 @@ class Config:
     )
     path: list[str] = _setting((), "Directory prepended to sys.path (repeatable).", group="worker")
     shutdown_timeout: float = _setting(
-        30.0, "Seconds running tasks get to finish after SIGTERM before they are given back.", group="worker"
+        c.DEFAULT_SHUTDOWN_TIMEOUT_S,
+        "Seconds running tasks get to finish after SIGTERM before they are given back.",
+        group="worker",
     )
-    heartbeat_interval: float = _setting(10.0, "Seconds between worker registry heartbeats.", group="worker")
+    heartbeat_interval: float = _setting(
+        c.DEFAULT_HEARTBEAT_INTERVAL_S, "Seconds between worker registry heartbeats.", group="worker"
+    )
     process_pool_size: int | None = _setting(
         None, "Processes for process=True tasks (default: CPU count).", group="worker"
     )
@@ -102,38 +117,47 @@ class Config:
         group="worker",
     )
     log_level: str = _setting(
-        "INFO", "Logging level.", group="worker", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+        c.DEFAULT_LOG_LEVEL,
+        "Logging level.",
+        group="worker",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
     )
     # -- sqlite
-    sqlite_path: str = _setting("asynctasq.db", "SQLite database file.", group="sqlite")
+    sqlite_path: str = _setting(c.DEFAULT_SQLITE_PATH, "SQLite database file.", group="sqlite")
     # -- redis
-    redis_url: str = _setting(
-        "redis://localhost:6379", "redis:// or rediss:// URL.", group="redis", secret=True
-    )
+    redis_url: str = _setting(c.DEFAULT_REDIS_URL, "redis:// or rediss:// URL.", group="redis", secret=True)
     redis_password: str | None = _setting(None, "Redis password.", group="redis", secret=True)
     redis_db: int | None = _setting(
         None, "Redis database number (default: the URL's, else 0).", group="redis"
     )
     redis_max_connections: int = _setting(
-        50, "Redis connections kept for blocking waits; one more carries every other command.", group="redis"
+        c.DEFAULT_REDIS_MAX_CONNECTIONS,
+        "Redis connections kept for blocking waits; one more carries every other command.",
+        group="redis",
     )
-    redis_prefix: str = _setting("asynctasq", "Key prefix, so several apps share one Redis.", group="redis")
+    redis_prefix: str = _setting(
+        c.DEFAULT_REDIS_PREFIX, "Key prefix, so several apps share one Redis.", group="redis"
+    )
     # -- postgres
-    postgres_dsn: str = _setting(
-        "postgresql://postgres@localhost:5432/postgres", "PostgreSQL DSN.", group="postgres", secret=True
+    postgres_dsn: str = _setting(c.DEFAULT_POSTGRES_DSN, "PostgreSQL DSN.", group="postgres", secret=True)
+    postgres_schema: str = _setting(
+        c.DEFAULT_POSTGRES_SCHEMA, "Schema of the queue tables.", group="postgres"
     )
-    postgres_schema: str = _setting("public", "Schema of the queue tables.", group="postgres")
-    postgres_table: str = _setting("asynctasq_tasks", "Name of the tasks table.", group="postgres")
-    postgres_min_pool_size: int = _setting(1, "Smallest connection pool.", group="postgres")
-    postgres_max_pool_size: int = _setting(10, "Largest connection pool.", group="postgres")
+    postgres_table: str = _setting(c.DEFAULT_POSTGRES_TABLE, "Name of the tasks table.", group="postgres")
+    postgres_min_pool_size: int = _setting(
+        c.DEFAULT_POSTGRES_MIN_POOL_SIZE, "Smallest connection pool.", group="postgres"
+    )
+    postgres_max_pool_size: int = _setting(
+        c.DEFAULT_POSTGRES_MAX_POOL_SIZE, "Largest connection pool.", group="postgres"
+    )
     # -- mysql
-    mysql_dsn: str = _setting(
-        "mysql://root@localhost:3306/test", "MySQL/MariaDB DSN.", group="mysql", secret=True
+    mysql_dsn: str = _setting(c.DEFAULT_MYSQL_DSN, "MySQL/MariaDB DSN.", group="mysql", secret=True)
+    mysql_table: str = _setting(c.DEFAULT_MYSQL_TABLE, "Name of the tasks table.", group="mysql")
+    mysql_max_pool_size: int = _setting(
+        c.DEFAULT_MYSQL_MAX_POOL_SIZE, "Largest connection pool.", group="mysql"
     )
-    mysql_table: str = _setting("asynctasq_tasks", "Name of the tasks table.", group="mysql")
-    mysql_max_pool_size: int = _setting(10, "Largest connection pool.", group="mysql")
     # -- sqs
-    sqs_region: str = _setting("us-east-1", "AWS region.", group="sqs")
+    sqs_region: str = _setting(c.DEFAULT_SQS_REGION, "AWS region.", group="sqs")
     sqs_queue_url_prefix: str | None = _setting(
         None, "Queue URL prefix (https://sqs.REGION.amazonaws.com/ACCOUNT/).", group="sqs"
     )
@@ -141,9 +165,7 @@ class Config:
     aws_access_key_id: str | None = _setting(None, "AWS access key id.", group="sqs")
     aws_secret_access_key: str | None = _setting(None, "AWS secret key.", group="sqs", secret=True)
     # -- rabbitmq
-    rabbitmq_url: str = _setting(
-        "amqp://guest:guest@localhost:5672/", "AMQP URL.", group="rabbitmq", secret=True
-    )
+    rabbitmq_url: str = _setting(c.DEFAULT_RABBITMQ_URL, "AMQP URL.", group="rabbitmq", secret=True)
 
     def __init__(self, *, _environ: Mapping[str, str] | None = None, **settings: Any) -> None:
         known = {f.name: f for f in fields(self)}
@@ -267,20 +289,6 @@ def _coerce(name: str, value: Any, annotation: Any, *, from_env: bool) -> Any:
 
 
 _FIELDS = {f.name: f for f in fields(Config)}
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, safe to log."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    if parts.password is None:
-        return re.sub(r"(password=)[^&\s]*", r"\1***", url)
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    host = netloc[-1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 _global_config: Config | None = None

@@ -4,8 +4,12 @@
 
     AsyncTasQError
     ├── ConfigError               a setting is unknown, misspelt or has a bad value
-    ├── DriverError               the broker cannot be reached or answered with an error
-    │   └── DriverNotAvailable    the driver's optional dependency is not installed
+    ├── DriverError               a broker operation failed; the message says what to do
+    │   ├── DriverNotAvailable    the driver's optional dependency is not installed
+    │   ├── BrokerUnavailable     the broker cannot be reached (after reconnecting for a while)
+    │   ├── BrokerError           the broker refused the operation (credentials, permissions...)
+    │   └── SchemaError           the broker's tables are missing or at another version
+    ├── MessageTooLarge           an encoded task message is over the driver's size limit
     ├── UnsupportedOperation      the driver lacks an optional capability (stats, results...)
     ├── InvalidQueueName          a queue name with characters outside [A-Za-z0-9_.:-]
     ├── SerializationError        a payload cannot be encoded or decoded
@@ -40,6 +44,33 @@ class DriverError(AsyncTasQError):
 
 class DriverNotAvailable(DriverError, ImportError):
     pass
+
+
+class BrokerUnavailable(DriverError, ConnectionError):
+    pass
+
+
+class BrokerError(DriverError):
+    pass
+
+
+class SchemaError(DriverError):
+    pass
+
+
+class MessageTooLarge(AsyncTasQError, ValueError):
+    def __init__(self, size: int, limit: int, driver: str) -> None:
+        super().__init__(
+            f"task message of {size:,} bytes is over the {driver} driver's limit of {limit:,} bytes "
+            "(max_message_bytes): pass large data by reference (a file path or an object-store key), "
+            "or raise --max-message-bytes / ASYNCTASQ_MAX_MESSAGE_BYTES if the broker allows it"
+        )
+        self.size = size
+        self.limit = limit
+        self.driver = driver
+
+    def __reduce__(self) -> tuple[type[MessageTooLarge], tuple[int, int, str]]:
+        return (type(self), (self.size, self.limit, self.driver))
 
 
 class UnsupportedOperation(AsyncTasQError):

@@ -27,6 +27,7 @@ EXPECTED = {
     "Worker",
     "__version__",
     "configure",
+    "connect",
     "dispatch_many",
     "get_config",
     "result",

@@ -88,7 +88,7 @@ CONSUMER = """
                     seen.append(d.body.decode())
                 else:
                     stop = True
-            assert await driver.ack(got) == len(got), "lost a lease it just took"
+            assert len(await driver.ack(got)) == len(got), "lost a lease it just took"
         await driver.disconnect()
         print("\\n".join(seen), flush=True)
 
@@ -151,7 +151,7 @@ async def test_producer_in_another_process_wakes_a_blocked_consumer(
             picked_up = time.time()
             assert len(got) == 1, "the blocked dequeue never saw the other process's enqueue"
             latencies.append(picked_up - float(got[0].body))
-            assert await driver.ack(got) == 1
+            assert len(await driver.ack(got)) == 1
         await asyncio.to_thread(finish, producer)
     finally:
         if producer.poll() is None:
@@ -164,7 +164,7 @@ async def test_producer_in_another_process_wakes_a_blocked_consumer(
 
 async def test_in_process_wakeup_across_drivers_and_loops(db_path: str) -> None:
     # polls so slow that only the in-process wake-up can explain a quick pickup
-    consumer = SQLiteDriver(db_path, poll_interval_ms=20_000, max_poll_interval_ms=20_000)
+    consumer = SQLiteDriver(db_path, poll_interval_s=20, max_poll_interval_s=20)
     await consumer.connect()
     other_spelling = os.path.join(os.path.dirname(db_path), ".", os.path.basename(db_path))
     producer = SQLiteDriver(other_spelling)
@@ -172,7 +172,7 @@ async def test_in_process_wakeup_across_drivers_and_loops(db_path: str) -> None:
     try:
         waiting = asyncio.create_task(consumer.dequeue(["inproc"], 1, wait=30))
         await asyncio.sleep(0)  # let the consumer block
-        await wait_for(lambda: bool(sqlite_module._waiters.get(consumer._key)), timeout=5)
+        await wait_for(lambda: bool(consumer.hub), timeout=5)
         started = time.monotonic()
         await producer.enqueue("inproc", b"same loop")
         got = await waiting
@@ -189,7 +189,7 @@ async def test_in_process_wakeup_across_drivers_and_loops(db_path: str) -> None:
             asyncio.run(main())
 
         waiting = asyncio.create_task(consumer.dequeue(["inproc"], 1, wait=30))
-        await wait_for(lambda: bool(sqlite_module._waiters.get(consumer._key)), timeout=5)
+        await wait_for(lambda: bool(consumer.hub), timeout=5)
         started = time.monotonic()
         thread = threading.Thread(target=produce_elsewhere)
         thread.start()
@@ -201,14 +201,14 @@ async def test_in_process_wakeup_across_drivers_and_loops(db_path: str) -> None:
     finally:
         await consumer.disconnect()
         await producer.disconnect()
-    assert consumer._key not in sqlite_module._waiters, "waiters must unregister"
+    assert not consumer.hub, "waiters must unregister"
 
 
 async def test_results_wake_a_waiting_reader_in_process(db_path: str) -> None:
-    reader = SQLiteDriver(db_path, poll_interval_ms=20_000, max_poll_interval_ms=20_000)
+    reader = SQLiteDriver(db_path, poll_interval_s=20, max_poll_interval_s=20)
     async with reader, SQLiteDriver(db_path) as writer:
         waiting = asyncio.create_task(reader.get_result("task-1", wait=30))
-        await wait_for(lambda: bool(sqlite_module._waiters.get(reader._key)), timeout=5)
+        await wait_for(lambda: bool(reader.hub), timeout=5)
         started = time.monotonic()
         await writer.store_results([("task-1", b"done")], ttl=60)
         assert await waiting == b"done"
@@ -292,8 +292,8 @@ async def test_batches_larger_than_one_statement(driver: SQLiteDriver) -> None:
     got = await driver.dequeue(["big"], n, wait=1)
     assert [d.body for d in got] == [str(i).encode() for i in range(n)]
     assert [d.id for d in got] == ids
-    assert await driver.extend(got, 60) == n
-    assert await driver.ack(got) == n
+    assert len(await driver.extend(got, 60)) == n
+    assert len(await driver.ack(got)) == n
     assert (await driver.stats(["big"]))["big"] == {"ready": 0, "delayed": 0, "leased": 0, "failed": 0}
 
 
@@ -309,7 +309,7 @@ async def test_concurrent_transactions_in_one_process_do_not_interleave(driver: 
         *(driver.store_results([(f"r{i}", b"v")], ttl=60) for i in range(10)),
     )
     assert outcomes[:30] == [True] * 30
-    assert outcomes[35] == 30
+    assert len(outcomes[35]) == 30
     stats = await driver.stats(["mix", "mix-2"])
     assert stats["mix"] == {"ready": 0, "delayed": 0, "leased": 0, "failed": 30}
     assert stats["mix-2"]["ready"] == 5 * (BATCH_ROWS + 1)
@@ -328,7 +328,7 @@ LOCK_HOLDER = """
 
 async def test_a_write_waits_for_another_process_holding_the_lock(db_path: str) -> None:
     # SQLite's own busy wait is tiny here, so the driver's backoff retries have to carry it
-    async with SQLiteDriver(db_path, busy_timeout_ms=20) as driver:
+    async with SQLiteDriver(db_path, busy_timeout_s=0.02) as driver:
         holder = spawn(LOCK_HOLDER, db_path, "0.6")
         try:
             assert await read_line(holder) == "locked"
@@ -346,7 +346,7 @@ async def test_a_write_waits_for_another_process_holding_the_lock(db_path: str) 
 
 async def test_cancelled_blocked_dequeue_leaves_nothing_leased(driver: SQLiteDriver) -> None:
     waiting = asyncio.create_task(driver.dequeue(["cancel"], 5, wait=30))
-    await wait_for(lambda: bool(sqlite_module._waiters.get(driver._key)), timeout=5)
+    await wait_for(lambda: bool(driver.hub), timeout=5)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -400,7 +400,7 @@ def test_one_driver_on_successive_event_loops(db_path: str) -> None:
 
     async def drain() -> int:
         got = await driver.dequeue(["loops"], 100, wait=1)
-        acked = await driver.ack(got)
+        acked = len(await driver.ack(got))
         await driver.disconnect()
         return acked
 
@@ -434,7 +434,7 @@ async def test_cancelled_transactions_leave_the_connection_usable(driver: SQLite
     # every fail either happened completely or not at all
     failed = {e["id"] for e in await driver.failed_list("cx")}
     still_held = await driver.ack([d for d in got if d.id not in failed])
-    assert len(failed) + still_held == 8
+    assert len(failed) + len(still_held) == 8
     stats = await driver.stats(["cx", "cx-2"])
     assert stats["cx"] == {"ready": 0, "delayed": 0, "leased": 0, "failed": len(failed)}
     assert stats["cx-2"]["ready"] == 8 * (BATCH_ROWS + 1)

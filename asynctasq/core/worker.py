@@ -599,7 +599,7 @@ class Worker:
         if acks:
             for d in acks:
                 self._held.pop(d.id, None)
-            done = await self.driver.ack(acks)
+            done = len(await self.driver.ack(acks))
             if done != len(acks):
                 log.warning(
                     "%d of %d acks came too late (lease lost); those tasks may run again",
@@ -639,7 +639,7 @@ class Worker:
             if not held:
                 continue
             try:
-                kept = await self.driver.extend(held, self.driver.lease_seconds)
+                kept = len(await self.driver.extend(held, self.driver.lease_seconds))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - next beat tries again

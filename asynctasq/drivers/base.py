@@ -1,55 +1,77 @@
 """The driver contract: a driver moves opaque message bodies between producers and workers.
 
-A driver knows nothing of tasks, retries or serializers; the worker does that bookkeeping.
-What every driver must give:
+A driver knows nothing of tasks, retries or serializers; the worker does that bookkeeping, and
+:class:`BaseDriver` does the rest of what every driver shares (validating queue names and
+message sizes, the blocking wait loop, in-process wake-ups, skipping empty batches). A
+backend implements small hooks (``_enqueue_many``, ``_claim``, ``_ack``...), and the public
+methods below are the contract the worker and users rely on:
 
 - ``enqueue`` / ``enqueue_many``: durable when they return; ``delay`` hides a message for that
-  many seconds.
+  many seconds. A message over ``max_message_bytes`` raises :class:`MessageTooLarge` before
+  anything reaches the broker.
 - ``dequeue(queues, limit, wait)``: up to ``limit`` messages, taken from ``queues`` in the
   order given (the first queue is drained first), waiting up to ``wait`` seconds for the first
   one without a fixed sleep loop where the broker can wake us. Each message comes back leased
   for ``lease_seconds``: no other consumer sees it until it is acked, released, failed, or the
-  lease expires. A lease expires back onto its queue by itself, with ``delivery_count`` raised.
-- Every delivery has a fresh ``token``. ``ack``, ``release``, ``extend`` and ``fail`` act only
-  while the token is still the message's current one; otherwise they change nothing and say so
-  (``False``, or a smaller count). A worker that lost its lease can never touch the new
-  holder's work. (A lease that expired but that nobody has claimed again may still be acked
-  or extended: no one else holds it. Drivers may refuse that too.)
-- ``release(delivery, delay, body=None)`` is one atomic step. Without ``body`` it gives the
-  message back uncounted (its delivery count goes back down by one); with ``body`` it
-  replaces the stored message (a retry) and resets the delivery count to zero.
+  lease expires. An expired lease comes back by itself, with ``delivery_count`` raised.
+- ``ack`` / ``complete`` / ``extend`` act on a batch and return the deliveries that were still
+  held (the others changed nothing: fencing). ``complete`` stores results first, then acks, in
+  one round trip where the broker allows, so a crash in between can repeat a task but never
+  lose the result of one that succeeded.
+- ``release(delivery, delay, body=None)``: without ``body`` a give-back, which costs no attempt
+  (the delivery count goes back down, or the driver re-publishes the message uncounted); with
+  ``body``, a retry that replaces the stored message and resets its delivery count. Atomic
+  where the broker allows; where it does not (SQS, RabbitMQ) the new message is published and
+  confirmed first and the old one deleted after: a crash in between duplicates, never loses.
 - ``fail(delivery, error)`` moves the message to the failed registry (dead letter).
 
-``delivery_count`` is the number of deliveries since the message was last written, so
-``delivery_count - 1`` is how many earlier deliveries were lost (a worker died holding them).
-The worker adds that to the attempt number carried in the message.
+Fencing: every delivery carries a ``token``; a driver with the ``fencing`` capability has the
+broker itself refuse ``ack``/``release``/``extend``/``fail`` with a token that is no longer
+current (the worker that lost its lease can never touch the new holder's work). A lease that
+expired but that nobody has claimed again may still be acked or extended (no one else holds
+it); drivers may refuse that too. A driver without ``fencing`` (SQS on moto, where an old
+receipt handle still deletes) documents what it guarantees instead: at-least-once delivery, and
+a late ack that may delete a redelivered copy, which then ran or runs at least once.
 
-Optional capabilities raise :class:`UnsupportedOperation` unless a driver lists them in
-``capabilities`` and overrides them: ``stats``, ``failed`` (list/requeue/purge), ``results``,
-``workers`` (registry), ``control`` (remote commands), ``purge``.
+``delivery_count`` is the number of deliveries since the message was last written: the
+broker's own count where it keeps one (a SQL column, SQS ``ApproximateReceiveCount``, a
+quorum queue's ``x-delivery-count``). ``delivery_count - 1`` is how many earlier deliveries
+were lost (a worker died holding them); the worker adds that to the attempt in the message.
 
-A new driver subclasses :class:`BaseDriver`, passes ``tests/drivers/`` against its real
-broker, and gets one line in :mod:`asynctasq.core.driver_factory`.
+Optional capabilities (``capabilities``): ``stats``, ``purge``, ``failed`` (list, requeue,
+purge), ``results``, ``workers`` (registry), ``control`` (remote commands), ``migrations``
+(``migrate()``), and the property ``fencing``. A driver that lacks one raises
+:class:`UnsupportedOperation` with a message naming it; callers probe with ``supports()``.
+
+A new driver subclasses :class:`BaseDriver` in ``drivers/<name>.py``, adds its row to the
+table in :mod:`asynctasq.drivers`, and passes ``tests/drivers/`` against its real broker
+(docs/driver-contract.md walks through the memory driver as the example).
 """
 
 from __future__ import annotations
 
 import re
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypedDict
+from typing import Any, ClassVar, NamedTuple, TypedDict, TypeVar
 
-from asynctasq.errors import InvalidQueueName, UnsupportedOperation
+from asynctasq.constants import DEFAULT_LEASE_S, DEFAULT_MAX_MESSAGE_BYTES
+from asynctasq.drivers._wait import WakeHub, queue_key, result_key, wake_hub
+from asynctasq.errors import InvalidQueueName, MessageTooLarge, UnsupportedOperation
 
-if TYPE_CHECKING:
-    from asynctasq.config import Config
+T = TypeVar("T")
 
-DEFAULT_LEASE_S = 30.0
 QUEUE_NAME_MAX_LEN = 80
 _QUEUE_NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,%d}\Z" % QUEUE_NAME_MAX_LEN)
 _valid_queue_names: set[str] = set()
+
+CAPABILITIES = frozenset(
+    {"stats", "purge", "failed", "results", "workers", "control", "migrations", "fencing"}
+)
+"""Every optional capability a driver may list."""
 
 
 def validate_queue_name(name: str) -> str:
@@ -57,8 +79,9 @@ def validate_queue_name(name: str) -> str:
     if name in _valid_queue_names:
         return name
     if not isinstance(name, str) or not _QUEUE_NAME_RE.match(name):
+        shown = "an empty name" if name == "" else repr(name)
         raise InvalidQueueName(
-            f"invalid queue name {name!r}: use 1-{QUEUE_NAME_MAX_LEN} characters from "
+            f"invalid queue name {shown}: use 1-{QUEUE_NAME_MAX_LEN} characters from "
             "letters, digits and _ . : -"
         )
     if len(_valid_queue_names) < 10_000:
@@ -115,21 +138,44 @@ class WorkerInfo(TypedDict, total=False):
     last_heartbeat: float
 
 
+def still_held(deliveries: Sequence[Delivery], held: Iterable[tuple[str, str]]) -> list[Delivery]:
+    """The ``deliveries`` whose ``(id, token)`` is in ``held`` (what a batch statement returned)."""
+    pairs = set(held)
+    return [d for d in deliveries if (d.id, d.token) in pairs]
+
+
 class BaseDriver(ABC):
-    """Abstract broker connection; see the module docstring for the contract."""
+    """Abstract broker connection; see the module docstring for the contract.
+
+    Arguments (every driver): ``lease_seconds`` (lease of a dequeued message; the worker extends
+    it while the task runs), ``max_message_bytes`` (largest message accepted; default the
+    driver's ``default_max_message_bytes``).
+    """
 
     name: ClassVar[str] = "base"
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    default_max_message_bytes: ClassVar[int] = DEFAULT_MAX_MESSAGE_BYTES
+    """The driver's own limit; the broker's where it is lower than ours."""
 
-    def __init__(self, *, lease_seconds: float = DEFAULT_LEASE_S) -> None:
+    def __init__(
+        self, *, lease_seconds: float = DEFAULT_LEASE_S, max_message_bytes: int | None = None
+    ) -> None:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
+        if max_message_bytes is not None and max_message_bytes < 1:
+            raise ValueError("max_message_bytes must be at least 1")
+        unknown = self.capabilities - CAPABILITIES
+        if unknown:
+            raise TypeError(f"{type(self).__name__} lists unknown capabilities: {', '.join(sorted(unknown))}")
         self.lease_seconds = float(lease_seconds)
+        self.max_message_bytes = int(max_message_bytes or self.default_max_message_bytes)
+        self._hub: WakeHub | None = None
 
     @classmethod
-    def from_config(cls, config: Config) -> BaseDriver:
-        """Build the driver from the ``<name>_*`` settings of ``config``."""
-        raise NotImplementedError(f"{cls.__name__}.from_config")
+    def options_from_url(cls, url: str) -> dict[str, Any]:
+        """Constructor keywords for a URL of this driver's schemes (``asynctasq.connect(url)``);
+        only drivers whose table row has no ``url_keyword`` override it."""
+        raise NotImplementedError(f"{cls.__name__} takes no URL")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -137,7 +183,7 @@ class BaseDriver(ABC):
         """Open connections; idempotent."""
 
     async def disconnect(self) -> None:  # noqa: B027 - optional hook
-        """Close connections; idempotent."""
+        """Close connections; idempotent. Blocked calls of this driver return."""
 
     async def __aenter__(self) -> BaseDriver:
         await self.connect()
@@ -155,43 +201,188 @@ class BaseDriver(ABC):
         """Where this driver points, safe to log (no passwords)."""
         return self.name
 
-    # -- required --------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"
 
-    @abstractmethod
+    # -- wake-ups within this process ------------------------------------------------------
+
+    def wake_scope(self) -> str | None:
+        """The broker namespace this driver shares with other drivers of the process (a file,
+        a DSN and table...), so they wake each other at once; None: no in-process wake-ups."""
+        return None
+
+    @property
+    def hub(self) -> WakeHub:
+        hub = self._hub
+        if hub is None:
+            scope = self.wake_scope()
+            hub = self._hub = wake_hub(f"{self.name}:{scope}") if scope is not None else WakeHub()
+        return hub
+
+    def wake_queues(self, queues: Iterable[str]) -> None:
+        """Wake this process's consumers blocked on ``queues`` (after an enqueue, a release...)."""
+        hub = self.hub
+        if hub:
+            hub.wake([queue_key(q) for q in queues])
+
+    def wake_results(self, task_ids: Iterable[str]) -> None:
+        hub = self.hub
+        if hub:
+            hub.wake([result_key(t) for t in task_ids])
+
+    # -- required: public template methods ------------------------------------------------
+
+    def check_message(self, body: bytes) -> None:
+        """Raise :class:`MessageTooLarge` when ``body`` is over ``max_message_bytes``."""
+        if len(body) > self.max_message_bytes:
+            raise MessageTooLarge(len(body), self.max_message_bytes, self.name)
+
     async def enqueue(self, queue: str, body: bytes, delay: float = 0.0) -> str:
         """Store one message; return the driver's id for it."""
+        validate_queue_name(queue)
+        self.check_message(body)
+        msg_id = await self._enqueue(EnqueueItem(queue, body, max(float(delay), 0.0)))
+        self.wake_queues((queue,))
+        return msg_id
 
     async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[str]:
-        """Store many messages, in one round trip where the broker allows."""
-        return [await self.enqueue(i.queue, i.body, i.delay) for i in items]
+        """Store many messages, in one round trip where the broker allows; ids in order."""
+        if not items:
+            return []
+        checked = []
+        for item in items:
+            validate_queue_name(item.queue)
+            self.check_message(item.body)
+            checked.append(item if item.delay >= 0 else item._replace(delay=0.0))
+        ids = await self._enqueue_many(checked)
+        self.wake_queues({i.queue for i in checked})
+        return ids
 
-    @abstractmethod
     async def dequeue(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:
         """Lease up to ``limit`` messages from ``queues`` in that order; wait up to ``wait`` s."""
+        names = list(dict.fromkeys(validate_queue_name(q) for q in queues))
+        if limit <= 0 or not names:
+            return []
+        if wait <= 0:
+            return await self._claim(names, limit)
+        return await self._wait_for(
+            lambda: self._claim(names, limit), [queue_key(q) for q in names], names, wait
+        )
 
-    @abstractmethod
-    async def ack(self, deliveries: Sequence[Delivery]) -> int:
-        """Delete finished messages; return how many were still held (stale ones are skipped)."""
+    async def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """Delete finished messages; return those that were still held (stale ones are skipped)."""
+        if not deliveries:
+            return []
+        return await self._ack(deliveries)
 
-    @abstractmethod
+    async def complete(
+        self,
+        deliveries: Sequence[Delivery],
+        results: Sequence[tuple[str, bytes]] = (),
+        results_ttl: float = 0.0,
+    ) -> list[Delivery]:
+        """Store ``results`` (task id, encoded result) for ``results_ttl`` seconds, then ack
+        ``deliveries``; return the deliveries that were still held."""
+        if results and results_ttl > 0 and self.supports("results"):
+            return await self._complete(deliveries, results, results_ttl)
+        return await self.ack(deliveries)
+
+    async def extend(self, deliveries: Sequence[Delivery], seconds: float | None = None) -> list[Delivery]:
+        """Push the leases' expiry to now + ``seconds``; return the deliveries still held."""
+        if not deliveries:
+            return []
+        return await self._extend(deliveries, self.lease_seconds if seconds is None else float(seconds))
+
     async def release(self, delivery: Delivery, delay: float = 0.0, body: bytes | None = None) -> bool:
         """Make the message visible again after ``delay``; with ``body``, as a retry."""
+        if body is not None:
+            self.check_message(body)
+        released = await self._release(delivery, max(float(delay), 0.0), body)
+        if released:
+            self.wake_queues((delivery.queue,))
+        return released
 
-    @abstractmethod
-    async def extend(self, deliveries: Sequence[Delivery], seconds: float | None = None) -> int:
-        """Push the leases' expiry to now + ``seconds``; return how many were still held."""
-
-    @abstractmethod
     async def fail(self, delivery: Delivery, error: str) -> bool:
         """Move the message to the failed registry with ``error``."""
+        return await self._fail(delivery, str(error))
+
+    # -- required: backend hooks -----------------------------------------------------------
+
+    async def _enqueue(self, item: EnqueueItem) -> str:
+        """One validated message; override when one is cheaper than a batch of one."""
+        return (await self._enqueue_many([item]))[0]
+
+    @abstractmethod
+    async def _enqueue_many(self, items: Sequence[EnqueueItem]) -> list[str]:
+        """Validated, non-empty ``items``; ids in order."""
+
+    @abstractmethod
+    async def _claim(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        """Lease what is ready now, without waiting (valid, distinct queues; ``limit`` > 0)."""
+
+    @abstractmethod
+    async def _ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]: ...
+
+    async def _complete(
+        self, deliveries: Sequence[Delivery], results: Sequence[tuple[str, bytes]], results_ttl: float
+    ) -> list[Delivery]:
+        """Results first, then the ack; override to do both in one round trip."""
+        await self.store_results(results, results_ttl)
+        return await self.ack(deliveries)
+
+    @abstractmethod
+    async def _extend(self, deliveries: Sequence[Delivery], seconds: float) -> list[Delivery]: ...
+
+    @abstractmethod
+    async def _release(self, delivery: Delivery, delay: float, body: bytes | None) -> bool: ...
+
+    @abstractmethod
+    async def _fail(self, delivery: Delivery, error: str) -> bool: ...
+
+    # -- the wait loop ---------------------------------------------------------------------
+
+    async def _wait_for(
+        self, attempt: Callable[[], Awaitable[T]], keys: Sequence[str], queues: Sequence[str], wait: float
+    ) -> T:
+        """Run ``attempt`` until it returns something truthy or ``wait`` seconds pass, pausing
+        in :meth:`_pause` in between (the hub's waiter is registered under ``keys`` first, so
+        no wake-up is lost). Returns the last result."""
+        deadline = time.monotonic() + wait
+        with self.hub.watch(keys) as waiter:
+            while True:
+                waiter.clear()
+                found = await attempt()
+                if found:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0.0005:
+                    return found
+                await self._pause(waiter, queues, left)
+
+    async def _pause(self, waiter: Any, queues: Sequence[str], left: float) -> None:
+        """Wait until work may be there: woken (``waiter.sleep``), a broker signal, the next
+        delayed message or lease falling due, or a fallback poll; at most ``left`` seconds.
+        ``queues`` is empty while waiting for a result. The default waits for in-process
+        wake-ups only: a driver whose broker can change from elsewhere must override it."""
+        await waiter.sleep(left)
 
     # -- optional --------------------------------------------------------------------------
 
     def supports(self, capability: str) -> bool:
         return capability in self.capabilities
 
+    @property
+    def fencing(self) -> bool:
+        """Whether the broker itself refuses a stale lease token (see the module docstring)."""
+        return "fencing" in self.capabilities
+
     def _unsupported(self, what: str) -> UnsupportedOperation:
         return UnsupportedOperation(f"the {self.name} driver does not support {what}")
+
+    async def migrate(self, target: int | None = None) -> list[str]:
+        """Create or upgrade the broker's schema up to ``target`` (default: latest); return
+        the steps applied."""
+        raise self._unsupported("schema migrations (it has no schema to migrate)")
 
     async def stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
         raise self._unsupported("queue stats")
@@ -216,6 +407,13 @@ class BaseDriver(ABC):
 
     async def get_result(self, task_id: str, wait: float) -> bytes | None:
         """The stored result of ``task_id``, waiting up to ``wait`` s for it; None if absent."""
+        if not self.supports("results"):
+            raise self._unsupported("results")
+        if wait <= 0:
+            return await self._read_result(task_id)
+        return await self._wait_for(lambda: self._read_result(task_id), [result_key(task_id)], (), wait)
+
+    async def _read_result(self, task_id: str) -> bytes | None:
         raise self._unsupported("results")
 
     async def register_worker(self, info: WorkerInfo, ttl: float) -> None:

@@ -9,7 +9,6 @@ worker configured separately in one process see the same queues::
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 import time
@@ -17,21 +16,18 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
+from asynctasq.constants import DEFAULT_LEASE_S
+from asynctasq.drivers._wait import Waiter
 from asynctasq.drivers.base import (
-    DEFAULT_LEASE_S,
     BaseDriver,
     Delivery,
     EnqueueItem,
     FailedEntry,
     QueueStats,
     WorkerInfo,
-    validate_queue_name,
 )
-
-if TYPE_CHECKING:
-    from asynctasq.config import Config
 
 
 @dataclass(slots=True)
@@ -54,19 +50,7 @@ class _Store:
     results: dict[str, tuple[bytes, float]] = field(default_factory=dict)
     workers: dict[str, tuple[WorkerInfo, float]] = field(default_factory=dict)
     commands: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    waiters: set[asyncio.Future[None]] = field(default_factory=set)
     seq: itertools.count[int] = field(default_factory=itertools.count)
-
-    def wake(self) -> None:
-        for fut in list(self.waiters):
-            if not fut.done():
-                fut.get_loop().call_soon_threadsafe(_resolve, fut)
-        self.waiters.clear()
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 _stores: dict[str, _Store] = {}
@@ -75,20 +59,31 @@ _stores: dict[str, _Store] = {}
 class MemoryDriver(BaseDriver):
     name = "memory"
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"stats", "failed", "results", "workers", "control", "purge"}
+        {"stats", "failed", "results", "workers", "control", "purge", "fencing"}
     )
 
-    def __init__(self, *, namespace: str = "default", lease_seconds: float = DEFAULT_LEASE_S) -> None:
-        super().__init__(lease_seconds=lease_seconds)
+    def __init__(
+        self,
+        *,
+        namespace: str = "default",
+        lease_seconds: float = DEFAULT_LEASE_S,
+        max_message_bytes: int | None = None,
+    ) -> None:
+        super().__init__(lease_seconds=lease_seconds, max_message_bytes=max_message_bytes)
         self.namespace = namespace
         self._s = _stores.setdefault(namespace, _Store())
 
     @classmethod
-    def from_config(cls, config: Config) -> MemoryDriver:
-        return cls(lease_seconds=config.lease_seconds)
+    def options_from_url(cls, url: str) -> dict[str, Any]:
+        """``memory://`` (namespace "default") or ``memory://NAME``."""
+        namespace = url.partition("://")[2].strip("/")
+        return {"namespace": namespace} if namespace else {}
 
     def describe(self) -> str:
         return f"memory:{self.namespace}"
+
+    def wake_scope(self) -> str:
+        return self.namespace
 
     @classmethod
     def reset(cls, namespace: str = "default") -> None:
@@ -128,14 +123,10 @@ class MemoryDriver(BaseDriver):
 
     # -- contract --------------------------------------------------------------------------
 
-    async def enqueue(self, queue: str, body: bytes, delay: float = 0.0) -> str:
-        return (await self.enqueue_many([EnqueueItem(queue, body, delay)]))[0]
-
-    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[str]:
+    async def _enqueue_many(self, items: Sequence[EnqueueItem]) -> list[str]:
         ids = []
         now = time.monotonic()
         for item in items:
-            validate_queue_name(item.queue)
             msg = _Message(uuid.uuid4().hex, item.queue, bytes(item.body))
             self._s.messages[msg.id] = msg
             if item.delay > 0:
@@ -144,51 +135,44 @@ class MemoryDriver(BaseDriver):
             else:
                 self._make_ready(msg)
             ids.append(msg.id)
-        self._s.wake()
         return ids
 
-    async def dequeue(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:
+    async def _claim(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        now = time.monotonic()
+        self._run_timers(now)
+        out: list[Delivery] = []
         for q in queues:
-            validate_queue_name(q)
-        deadline = time.monotonic() + max(wait, 0.0)
-        while True:
-            now = time.monotonic()
-            next_due = self._run_timers(now)
-            out: list[Delivery] = []
-            for q in queues:
-                ids = self._s.ready.get(q)
-                while ids and len(out) < limit:
-                    msg = self._s.messages.get(ids.popleft())
-                    if msg is None or msg.state != "ready":
-                        continue
-                    msg.state = "leased"
-                    msg.count += 1
-                    msg.token = uuid.uuid4().hex
-                    self._schedule(msg, now + self.lease_seconds)
-                    out.append(Delivery(msg.id, msg.queue, msg.body, msg.token, msg.count))
-                if len(out) >= limit:
-                    break
-            if out or now >= deadline or limit <= 0:
-                return out
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._s.waiters.add(fut)
-            timeout = deadline - now if next_due is None else min(deadline, next_due) - now
-            try:
-                await asyncio.wait_for(fut, max(timeout, 0.0))
-            except TimeoutError:
-                pass
-            finally:
-                self._s.waiters.discard(fut)
+            ids = self._s.ready.get(q)
+            while ids and len(out) < limit:
+                msg = self._s.messages.get(ids.popleft())
+                if msg is None or msg.state != "ready":
+                    continue
+                msg.state = "leased"
+                msg.count += 1
+                msg.token = uuid.uuid4().hex
+                self._schedule(msg, now + self.lease_seconds)
+                out.append(Delivery(msg.id, msg.queue, msg.body, msg.token, msg.count))
+            if len(out) >= limit:
+                break
+        return out
 
-    async def ack(self, deliveries: Sequence[Delivery]) -> int:
-        done = 0
+    async def _pause(self, waiter: Waiter, queues: Sequence[str], left: float) -> None:
+        # every change to the store happens in this process and wakes the hub: no polling,
+        # only the next delayed message or lease expiry bounds the wait
+        next_due = self._run_timers(time.monotonic())
+        if next_due is not None and queues:
+            left = min(left, max(next_due - time.monotonic(), 0.0005))
+        await waiter.sleep(left)
+
+    async def _ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        done = []
         for d in deliveries:
             if self._held(d) is not None:
                 del self._s.messages[d.id]
-                done += 1
+                done.append(d)
         return done
 
-    async def release(self, delivery: Delivery, delay: float = 0.0, body: bytes | None = None) -> bool:
+    async def _release(self, delivery: Delivery, delay: float, body: bytes | None) -> bool:
         msg = self._held(delivery)
         if msg is None:
             return False
@@ -203,20 +187,18 @@ class MemoryDriver(BaseDriver):
             self._schedule(msg, time.monotonic() + delay)
         else:
             self._make_ready(msg)
-        self._s.wake()
         return True
 
-    async def extend(self, deliveries: Sequence[Delivery], seconds: float | None = None) -> int:
-        seconds = self.lease_seconds if seconds is None else seconds
-        held = 0
+    async def _extend(self, deliveries: Sequence[Delivery], seconds: float) -> list[Delivery]:
+        held = []
         for d in deliveries:
             msg = self._held(d)
             if msg is not None:
                 self._schedule(msg, time.monotonic() + seconds)
-                held += 1
+                held.append(d)
         return held
 
-    async def fail(self, delivery: Delivery, error: str) -> bool:
+    async def _fail(self, delivery: Delivery, error: str) -> bool:
         msg = self._held(delivery)
         if msg is None:
             return False
@@ -264,7 +246,7 @@ class MemoryDriver(BaseDriver):
             msg = _Message(e["id"], e["queue"], e["body"])
             self._s.messages[msg.id] = msg
             self._make_ready(msg)
-        self._s.wake()
+        self.wake_queues({e["queue"] for e in entries})
         return len(entries)
 
     async def failed_purge(self, ids: Iterable[str] | None = None, queue: str | None = None) -> int:
@@ -277,27 +259,16 @@ class MemoryDriver(BaseDriver):
         expires = time.monotonic() + ttl
         for task_id, payload in results:
             self._s.results[task_id] = (payload, expires)
-        self._s.wake()
+        self.wake_results(task_id for task_id, _ in results)
 
-    async def get_result(self, task_id: str, wait: float) -> bytes | None:
-        deadline = time.monotonic() + wait
-        while True:
-            hit = self._s.results.get(task_id)
-            now = time.monotonic()
-            if hit is not None:
-                if hit[1] > now:
-                    return hit[0]
-                del self._s.results[task_id]
-            if now >= deadline:
-                return None
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._s.waiters.add(fut)
-            try:
-                await asyncio.wait_for(fut, deadline - now)
-            except TimeoutError:
-                pass
-            finally:
-                self._s.waiters.discard(fut)
+    async def _read_result(self, task_id: str) -> bytes | None:
+        hit = self._s.results.get(task_id)
+        if hit is None:
+            return None
+        if hit[1] > time.monotonic():
+            return hit[0]
+        del self._s.results[task_id]
+        return None
 
     async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
         self._s.workers[info["name"]] = (info, time.monotonic() + ttl)

@@ -19,9 +19,11 @@ How it works (docs/drivers/sqlite.md has the long form):
   A write that still meets "database is locked" is retried with a bounded backoff. Within one
   process an ``asyncio.Lock`` keeps coroutines from interleaving on the connection.
 - A blocked ``dequeue`` wakes at once on an enqueue by any driver of this process on the same
-  file (a module-level registry of waiters), and otherwise polls ``PRAGMA data_version``, which
-  moves when another connection commits: every 2 ms at first, backing off to 50 ms while idle.
-  It runs the claim only when that moved or a delayed message or lease falls due.
+  file (the shared wake-up hub, :mod:`asynctasq.drivers._wait`), and otherwise polls
+  ``PRAGMA data_version``, which moves when another connection commits: every 2 ms at first,
+  backing off to 50 ms while idle. It runs the claim only when that moved or a delayed message
+  or lease falls due. The claim reads the version in the same step, so a commit that lands
+  between the claim and the first poll is seen.
 """
 
 from __future__ import annotations
@@ -34,27 +36,26 @@ import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
+from asynctasq.constants import DEFAULT_LEASE_S, DEFAULT_SQLITE_PATH
+from asynctasq.drivers._wait import AdaptivePoll, Waiter
 from asynctasq.drivers.base import (
-    DEFAULT_LEASE_S,
     BaseDriver,
     Delivery,
     EnqueueItem,
     FailedEntry,
     QueueStats,
     WorkerInfo,
+    still_held,
     validate_queue_name,
 )
-from asynctasq.errors import DriverError, DriverNotAvailable
+from asynctasq.errors import BrokerError, DriverError, DriverNotAvailable, SchemaError
 
 try:
     import aiosqlite
 except ImportError as exc:  # pragma: no cover - aiosqlite is a core dependency
     raise DriverNotAvailable('the sqlite driver needs aiosqlite: pip install "aiosqlite>=0.20"') from exc
-
-if TYPE_CHECKING:
-    from asynctasq.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +65,16 @@ SCHEMA_VERSION = 1
 """Recorded in ``PRAGMA user_version``."""
 MIN_SQLITE_VERSION = (3, 35, 0)
 """``UPDATE ... RETURNING`` arrived in SQLite 3.35."""
-DEFAULT_BUSY_TIMEOUT_MS = 5_000
+DEFAULT_BUSY_TIMEOUT_S = 5.0
 """How long SQLite itself waits for another process's write lock before saying "locked"."""
-DEFAULT_POLL_INTERVAL_MS = 2.0
+DEFAULT_POLL_INTERVAL_S = 0.002
 """First ``PRAGMA data_version`` poll interval of a blocked dequeue, and the one after activity."""
-DEFAULT_MAX_POLL_INTERVAL_MS = 50.0
+DEFAULT_MAX_POLL_INTERVAL_S = 0.05
 """The poll interval backs off to this while nothing happens."""
-POLL_BACKOFF_FACTOR = 1.5
 LOCKED_RETRIES = 8
 """Retries of a write that failed with "database is locked" (each after SQLite's busy timeout)."""
-LOCKED_RETRY_FIRST_MS = 10.0
-LOCKED_RETRY_MAX_MS = 1_000.0
+LOCKED_RETRY_FIRST_S = 0.01
+LOCKED_RETRY_MAX_S = 1.0
 CLEANUP_INTERVAL_S = 30.0
 """Expired results are deleted at most this often (and expired ones are never returned)."""
 BATCH_ROWS = 400
@@ -125,86 +125,6 @@ _FENCE = "id IN ({ids}) AND token IN ({tokens}) AND due > ?"
 Tokens are 128 random bits, so matching the token sets is matching the (id, token) pairs."""
 
 
-# -- in-process wake-up ----------------------------------------------------------------------
-
-
-class _Waiter:
-    """A coroutine blocked in dequeue/get_result; woken from any thread through its loop."""
-
-    __slots__ = ("fut", "loop", "woken")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.fut: asyncio.Future[None] | None = None
-        self.woken = False
-
-    def wake(self) -> None:
-        self.woken = True
-        if self.fut is not None and not self.fut.done():
-            self.fut.set_result(None)
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep up to ``seconds``, less if woken (also if woken since the flag was cleared)."""
-        if self.woken:
-            return
-        fut = self.loop.create_future()
-        self.fut = fut
-        timer = self.loop.call_later(max(seconds, 0.0), _resolve, fut)
-        try:
-            await fut
-        finally:
-            timer.cancel()
-            self.fut = None
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-_waiters: dict[str, set[_Waiter]] = {}
-_waiters_lock = threading.Lock()
-
-
-def _notify(key: str) -> None:
-    """Wake every waiter on the database ``key`` in this process, whatever loop it runs on."""
-    with _waiters_lock:
-        waiters = list(_waiters.get(key, ()))
-    if not waiters:
-        return
-    try:
-        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    for waiter in waiters:
-        if waiter.loop is running:
-            waiter.wake()
-        else:
-            try:
-                waiter.loop.call_soon_threadsafe(waiter.wake)
-            except RuntimeError:  # that loop is closed; its waiter is gone with it
-                pass
-
-
-class _Registration:
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.waiter = _Waiter(asyncio.get_running_loop())
-
-    def __enter__(self) -> _Waiter:
-        with _waiters_lock:
-            _waiters.setdefault(self.key, set()).add(self.waiter)
-        return self.waiter
-
-    def __exit__(self, *exc_info: object) -> None:
-        with _waiters_lock:
-            waiters = _waiters.get(self.key)
-            if waiters is not None:
-                waiters.discard(self.waiter)
-                if not waiters:
-                    del _waiters[self.key]
-
-
 # -- helpers ---------------------------------------------------------------------------------
 
 
@@ -251,7 +171,7 @@ def _try_open(path: str) -> None:
 def _check_sqlite_version() -> None:
     if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
         need = ".".join(map(str, MIN_SQLITE_VERSION))
-        raise DriverError(
+        raise BrokerError(
             f"the sqlite driver needs SQLite >= {need} (for UPDATE ... RETURNING), but this Python "
             f"is linked against SQLite {sqlite3.sqlite_version}: use a Python build with a newer "
             "SQLite (python.org builds and current Linux distributions have one), or pick a server "
@@ -265,9 +185,9 @@ class SQLiteDriver(BaseDriver):
     Arguments:
         path: the database file (created with its tables on first connect). Use a file of its
             own, on a local disk: WAL needs shared memory, so not on a network file system.
-        lease_seconds: lease of a dequeued message.
-        busy_timeout_ms: how long SQLite waits for another process's write lock.
-        poll_interval_ms / max_poll_interval_ms: the adaptive ``PRAGMA data_version`` poll of a
+        lease_seconds / max_message_bytes: as for every driver.
+        busy_timeout_s: how long SQLite waits for another process's write lock.
+        poll_interval_s / max_poll_interval_s: the adaptive ``PRAGMA data_version`` poll of a
             blocked dequeue, for commits made by other processes.
         synchronous: ``PRAGMA synchronous``. ``NORMAL`` (default) is safe in WAL mode: a power
             loss can lose the last commits but never corrupts the file; ``FULL`` also keeps them.
@@ -275,34 +195,35 @@ class SQLiteDriver(BaseDriver):
 
     name = "sqlite"
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"stats", "failed", "results", "workers", "control", "purge"}
+        {"stats", "failed", "results", "workers", "control", "purge", "fencing"}
     )
 
     def __init__(
         self,
-        path: str | os.PathLike[str] = "asynctasq.db",
+        path: str | os.PathLike[str] = DEFAULT_SQLITE_PATH,
         *,
         lease_seconds: float = DEFAULT_LEASE_S,
-        busy_timeout_ms: float = DEFAULT_BUSY_TIMEOUT_MS,
-        poll_interval_ms: float = DEFAULT_POLL_INTERVAL_MS,
-        max_poll_interval_ms: float = DEFAULT_MAX_POLL_INTERVAL_MS,
+        max_message_bytes: int | None = None,
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        max_poll_interval_s: float = DEFAULT_MAX_POLL_INTERVAL_S,
         synchronous: str = "NORMAL",
     ) -> None:
-        super().__init__(lease_seconds=lease_seconds)
+        super().__init__(lease_seconds=lease_seconds, max_message_bytes=max_message_bytes)
         path = os.fspath(path)
         if not isinstance(path, str) or not path or "\x00" in path:
             raise DriverError(f"invalid SQLite path {path!r}: give a file name such as 'asynctasq.db'")
         if synchronous.upper() not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}")
-        if busy_timeout_ms < 0 or poll_interval_ms <= 0 or max_poll_interval_ms < poll_interval_ms:
-            raise ValueError("need busy_timeout_ms >= 0 and 0 < poll_interval_ms <= max_poll_interval_ms")
+        if busy_timeout_s < 0 or poll_interval_s <= 0 or max_poll_interval_s < poll_interval_s:
+            raise ValueError("need busy_timeout_s >= 0 and 0 < poll_interval_s <= max_poll_interval_s")
         self.memory = path == ":memory:"
         self.path = path if self.memory else os.path.abspath(path)
         # drivers on one file share wake-ups; ":memory:" databases are private to their connection
         self._key = f":memory:{id(self)}" if self.memory else os.path.realpath(self.path)
-        self.busy_timeout_ms = float(busy_timeout_ms)
-        self.poll_interval_s = poll_interval_ms / 1000
-        self.max_poll_interval_s = max_poll_interval_ms / 1000
+        self.busy_timeout_s = float(busy_timeout_s)
+        self.poll_interval_s = float(poll_interval_s)
+        self.max_poll_interval_s = float(max_poll_interval_s)
         self.synchronous = synchronous.upper()
         self._conn: aiosqlite.Connection | None = None
         self._closed = False
@@ -311,13 +232,21 @@ class SQLiteDriver(BaseDriver):
         self._next_cleanup = 0.0
         self._claim_sql: dict[int, str] = {}
         self._probe_sql: dict[int, str] = {}
+        self._seen_version: int | None = None
+        """``PRAGMA data_version`` as the last claim or result read saw it."""
 
     @classmethod
-    def from_config(cls, config: Config) -> SQLiteDriver:
-        return cls(config.sqlite_path, lease_seconds=config.lease_seconds)
+    def options_from_url(cls, url: str) -> dict[str, Any]:
+        """``sqlite:///relative.db``, ``sqlite:////absolute/path.db``, ``sqlite://`` (in memory)."""
+        rest = url.partition("://")[2]
+        path = rest[1:] if rest.startswith("/") else rest
+        return {"path": path.partition("?")[0] or ":memory:"}
 
     def describe(self) -> str:
         return f"sqlite:{self.path}"
+
+    def wake_scope(self) -> str:
+        return self._key
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -333,11 +262,11 @@ class SQLiteDriver(BaseDriver):
                 # open once in plain sqlite3 first: aiosqlite leaves its thread behind when opening
                 # fails, to report on a loop that may be gone by then
                 await asyncio.to_thread(_try_open, self.path)
-                conn = aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
+                conn = aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout_s)
                 _daemonize(conn)
                 await conn
             except (sqlite3.Error, ValueError, OSError) as exc:
-                raise DriverError(
+                raise BrokerError(
                     f"cannot open the SQLite database {self.path!r}: {exc}; check that the path "
                     "names a file in an existing directory this process can write to"
                 ) from exc
@@ -363,12 +292,12 @@ class SQLiteDriver(BaseDriver):
             if version < SCHEMA_VERSION:
                 await self._retry_busy(lambda: self._create_schema(conn))
             elif version > SCHEMA_VERSION:
-                raise DriverError(
+                raise SchemaError(
                     f"the SQLite database {self.path!r} has schema version {version}, newer than "
                     f"this asynctasq's {SCHEMA_VERSION}: upgrade asynctasq, or use another file"
                 )
         except sqlite3.Error as exc:
-            raise DriverError(
+            raise SchemaError(
                 f"cannot use {self.path!r} as an asynctasq SQLite database: {exc}; "
                 "point sqlite_path at a file of its own (a new name creates one)"
             ) from exc
@@ -391,7 +320,7 @@ class SQLiteDriver(BaseDriver):
         if conn is not None:
             async with self._lock_for_loop():
                 await conn.close()
-        _notify(self._key)  # blocked calls of this driver find it closed
+        self.hub.wake_all()  # blocked calls of this driver find it closed
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -420,7 +349,7 @@ class SQLiteDriver(BaseDriver):
     @staticmethod
     async def _retry_busy(op: Callable[[], Awaitable[T]]) -> T:
         """Run ``op``, again after a growing pause while SQLite reports the database locked."""
-        pause = LOCKED_RETRY_FIRST_MS / 1000
+        pause = LOCKED_RETRY_FIRST_S
         for _ in range(LOCKED_RETRIES):
             try:
                 return await op()
@@ -429,7 +358,7 @@ class SQLiteDriver(BaseDriver):
                     raise
                 log.debug("SQLite busy (%s), retrying in %.3fs", exc, pause)
             await asyncio.sleep(pause)
-            pause = min(pause * 2, LOCKED_RETRY_MAX_MS / 1000)
+            pause = min(pause * 2, LOCKED_RETRY_MAX_S)
         return await op()
 
     async def _run(self, op: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
@@ -446,7 +375,7 @@ class SQLiteDriver(BaseDriver):
             return await self._retry_busy(attempt)
         except sqlite3.Error as exc:
             hint = " (another process holds the write lock)" if _is_busy(exc) else ""
-            raise DriverError(f"SQLite error on {self.path!r}: {exc}{hint}") from exc
+            raise BrokerError(f"SQLite error on {self.path!r}: {exc}{hint}") from exc
         except ValueError as exc:  # aiosqlite: "Connection closed"
             raise DriverError(f"SQLite connection to {self.path!r} is closed: {exc}") from exc
 
@@ -477,34 +406,25 @@ class SQLiteDriver(BaseDriver):
 
     # -- enqueue ---------------------------------------------------------------------------
 
-    async def enqueue(self, queue: str, body: bytes, delay: float = 0.0) -> str:
-        validate_queue_name(queue)
-
+    async def _enqueue(self, item: EnqueueItem) -> str:
         async def op(conn: aiosqlite.Connection) -> int:
             now = time.time()
             cursor = await conn.execute(
                 "INSERT INTO tasks (queue, body, due, created_at) VALUES (?, ?, ?, ?)",
-                (queue, bytes(body), now + max(delay, 0.0), now),
+                (item.queue, bytes(item.body), now + item.delay, now),
             )
             assert cursor.lastrowid is not None
             return cursor.lastrowid
 
-        task_id = await self._run(op)
-        _notify(self._key)
-        return str(task_id)
+        return str(await self._run(op))
 
-    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[str]:
-        for item in items:
-            validate_queue_name(item.queue)
-        if not items:
-            return []
-
+    async def _enqueue_many(self, items: Sequence[EnqueueItem]) -> list[str]:
         async def insert(conn: aiosqlite.Connection, chunk: Sequence[EnqueueItem], now: float) -> list[int]:
             # ids ascend in VALUES order (AUTOINCREMENT under the write lock); RETURNING's own
             # row order is unspecified, hence the sort
             params: list[Any] = []
             for item in chunk:
-                params += (item.queue, bytes(item.body), now + max(item.delay, 0.0), now)
+                params += (item.queue, bytes(item.body), now + item.delay, now)
             rows = await conn.execute_fetchall(
                 "INSERT INTO tasks (queue, body, due, created_at) VALUES "
                 + ",".join(["(?,?,?,?)"] * len(chunk))
@@ -526,9 +446,7 @@ class SQLiteDriver(BaseDriver):
 
             return await self._transaction(conn, all_chunks)
 
-        ids = await self._run(op)
-        _notify(self._key)
-        return [str(i) for i in ids]
+        return [str(i) for i in await self._run(op)]
 
     # -- dequeue ---------------------------------------------------------------------------
 
@@ -553,7 +471,7 @@ class SQLiteDriver(BaseDriver):
         sql = self._probe_sql.get(n)
         if sql is None:
             mins = ", ".join(["(SELECT min(due) FROM tasks WHERE queue = ? AND due > ?)"] * n)
-            sql = f"SELECT (SELECT data_version FROM pragma_data_version), {mins}"
+            sql = f"SELECT (SELECT data_version FROM pragma_data_version), {mins or 'NULL'}"
             self._probe_sql[n] = sql
         return sql
 
@@ -565,6 +483,9 @@ class SQLiteDriver(BaseDriver):
                 params += (q, now, limit)
             if len(queues) > 1:
                 params.append(limit)
+            # the version first, in the same step: a commit by another process after this
+            # claim moves it, and the wait that may follow sees that
+            self._seen_version = await self._fetch_one(conn, "PRAGMA data_version")
             rows = await conn.execute_fetchall(self._claim_statement(len(queues)), params)
             return [Delivery(str(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
 
@@ -609,83 +530,72 @@ class SQLiteDriver(BaseDriver):
         except sqlite3.OperationalError as exc:
             if _is_busy(exc):
                 return None, None  # try again at the next poll
-            raise DriverError(f"SQLite error on {self.path!r}: {exc}") from exc
+            raise BrokerError(f"SQLite error on {self.path!r}: {exc}") from exc
         except ValueError as exc:
-            raise DriverError(f"SQLite connection to {self.path!r} is closed: {exc}") from exc
+            raise BrokerError(f"SQLite connection to {self.path!r} is closed: {exc}") from exc
         dues = [d for d in rows[0][1:] if d is not None]
         return rows[0][0], (min(dues) if dues else None)
 
-    async def dequeue(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:
-        queues = list(dict.fromkeys(validate_queue_name(q) for q in queues))
-        if limit <= 0 or not queues:
-            return []
-        deadline = time.monotonic() + max(wait, 0.0)
-        got = await self._claim(queues, limit)
-        if got or wait <= 0:
-            return got
-        with _Registration(self._key) as waiter:
-            interval = self.poll_interval_s
-            seen_version: int | None = None
-            next_due: float | None = None
-            while True:
-                woken, waiter.woken = waiter.woken, False
-                # read the version before claiming, so a commit made after the claim still shows
-                version, probed_due = await self._probe(queues)
-                changed = version is None or version != seen_version
-                if changed or woken or (next_due is not None and next_due <= time.time()):
-                    if changed and seen_version is not None:
-                        interval = self.poll_interval_s  # another process is active
-                    seen_version = version
-                    got = await self._claim(queues, limit)
-                    if got:
-                        return got
-                next_due = probed_due
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return []
-                timeout = min(interval, left)
-                if next_due is not None:
-                    timeout = min(timeout, next_due - time.time())
-                await waiter.sleep(timeout)
-                if waiter.woken:
-                    interval = self.poll_interval_s
-                else:
-                    interval = min(interval * POLL_BACKOFF_FACTOR, self.max_poll_interval_s)
+    async def _pause(self, waiter: Waiter, queues: Sequence[str], left: float) -> None:
+        """Until woken in-process, another process's commit (``data_version`` moved since the
+        last claim or read), a delayed message or lease falling due, or ``left`` seconds."""
+        deadline = time.monotonic() + left
+        poll = AdaptivePoll(self.poll_interval_s, self.max_poll_interval_s)
+        seen = self._seen_version
+        next_due: float | None = None
+        while True:
+            if next_due is not None and next_due <= time.time():
+                return  # a delayed message or a lease fell due (the probe no longer lists it)
+            version, next_due = await self._probe(queues)
+            if version is not None:
+                if seen is None:
+                    seen = version
+                elif version != seen:
+                    return
+            timeout = min(poll.next(), deadline - time.monotonic())
+            if next_due is not None:
+                timeout = min(timeout, next_due - time.time())
+            if timeout <= 0 or await waiter.sleep(timeout):
+                return
 
     # -- lease operations ------------------------------------------------------------------
 
-    async def _fenced(self, sql: str, deliveries: Sequence[Delivery], head: Sequence[Any]) -> int:
-        """Run ``sql`` (containing ``_FENCE``) over ``deliveries`` in chunks; return rows changed."""
+    async def _fenced(self, sql: str, deliveries: Sequence[Delivery], head: Sequence[Any]) -> list[Delivery]:
+        """Run ``sql`` (containing ``_FENCE``, ending in ``RETURNING id, token``) over
+        ``deliveries`` in chunks; return the deliveries it changed."""
         held = [(i, d.token) for d in deliveries for i in _int_ids([d.id])]
         if not held:
-            return 0
+            return []
 
-        async def one(conn: aiosqlite.Connection, chunk: Sequence[tuple[int, str]]) -> int:
+        async def one(conn: aiosqlite.Connection, chunk: Sequence[tuple[int, str]]) -> list[Any]:
             statement = sql.format(ids=_marks(len(chunk)), tokens=_marks(len(chunk)))
             params = [*head, *(i for i, _ in chunk), *(t for _, t in chunk), time.time()]
-            cursor = await conn.execute(statement, params)
-            return cursor.rowcount
+            return list(await conn.execute_fetchall(statement, params))
 
-        async def op(conn: aiosqlite.Connection) -> int:
+        async def op(conn: aiosqlite.Connection) -> list[Any]:
             if len(held) <= BATCH_ROWS:
                 return await one(conn, held)
 
-            async def all_chunks() -> int:
-                return sum([await one(conn, chunk) for chunk in _chunks(held)])
+            async def all_chunks() -> list[Any]:
+                return [row for chunk in _chunks(held) for row in await one(conn, chunk)]
 
             return await self._transaction(conn, all_chunks)
 
-        return await self._run(op)
+        rows = await self._run(op)
+        if len(rows) == len(deliveries):
+            return list(deliveries)
+        return still_held(deliveries, ((str(r[0]), r[1]) for r in rows))
 
-    async def ack(self, deliveries: Sequence[Delivery]) -> int:
-        return await self._fenced(f"DELETE FROM tasks WHERE {_FENCE}", deliveries, ())
+    async def _ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        return await self._fenced(f"DELETE FROM tasks WHERE {_FENCE} RETURNING id, token", deliveries, ())
 
-    async def extend(self, deliveries: Sequence[Delivery], seconds: float | None = None) -> int:
-        seconds = self.lease_seconds if seconds is None else seconds
+    async def _extend(self, deliveries: Sequence[Delivery], seconds: float) -> list[Delivery]:
         until = time.time() + seconds
-        return await self._fenced(f"UPDATE tasks SET due = ? WHERE {_FENCE}", deliveries, (until,))
+        return await self._fenced(
+            f"UPDATE tasks SET due = ? WHERE {_FENCE} RETURNING id, token", deliveries, (until,)
+        )
 
-    async def release(self, delivery: Delivery, delay: float = 0.0, body: bytes | None = None) -> bool:
+    async def _release(self, delivery: Delivery, delay: float, body: bytes | None) -> bool:
         ids = _int_ids([delivery.id])
         if not ids:
             return False
@@ -698,22 +608,19 @@ class SQLiteDriver(BaseDriver):
                 cursor = await conn.execute(
                     "UPDATE tasks SET token = NULL, due = ?, deliveries = max(deliveries - 1, 0) "
                     "WHERE id = ? AND token = ? AND due > ?",
-                    (now + max(delay, 0.0), *fence),
+                    (now + delay, *fence),
                 )
             else:
                 cursor = await conn.execute(
                     "UPDATE tasks SET token = NULL, due = ?, deliveries = 0, body = ? "
                     "WHERE id = ? AND token = ? AND due > ?",
-                    (now + max(delay, 0.0), bytes(body), *fence),
+                    (now + delay, bytes(body), *fence),
                 )
             return cursor.rowcount
 
-        released = await self._run(op) == 1
-        if released:
-            _notify(self._key)
-        return released
+        return await self._run(op) == 1
 
-    async def fail(self, delivery: Delivery, error: str) -> bool:
+    async def _fail(self, delivery: Delivery, error: str) -> bool:
         ids = _int_ids([delivery.id])
         if not ids:
             return False
@@ -824,7 +731,7 @@ class SQLiteDriver(BaseDriver):
 
         moved = await self._run(op)
         if moved:
-            _notify(self._key)
+            self.hub.wake_all()
         return moved
 
     async def failed_purge(self, ids: Iterable[str] | None = None, queue: str | None = None) -> int:
@@ -871,35 +778,17 @@ class SQLiteDriver(BaseDriver):
                 await conn.execute("DELETE FROM results WHERE expires_at <= ?", (now,))
 
         await self._run(op)
-        _notify(self._key)
+        self.wake_results(task_id for task_id, _ in rows)
 
     async def _read_result(self, task_id: str) -> bytes | None:
         async def op(conn: aiosqlite.Connection) -> Any:
+            self._seen_version = await self._fetch_one(conn, "PRAGMA data_version")
             return await self._fetch_one(
                 conn, "SELECT body FROM results WHERE task_id = ? AND expires_at > ?", (task_id, time.time())
             )
 
         found = await self._run(op)
         return None if found is None else bytes(found)
-
-    async def get_result(self, task_id: str, wait: float) -> bytes | None:
-        deadline = time.monotonic() + max(wait, 0.0)
-        found = await self._read_result(task_id)
-        if found is not None or wait <= 0:
-            return found
-        with _Registration(self._key) as waiter:
-            interval = self.poll_interval_s
-            while True:
-                waiter.woken = False
-                found = await self._read_result(task_id)
-                left = deadline - time.monotonic()
-                if found is not None or left <= 0:
-                    return found
-                await waiter.sleep(min(interval, left))
-                if waiter.woken:
-                    interval = self.poll_interval_s
-                else:
-                    interval = min(interval * POLL_BACKOFF_FACTOR, self.max_poll_interval_s)
 
     # -- worker registry and control -------------------------------------------------------
 
@@ -955,8 +844,8 @@ class SQLiteDriver(BaseDriver):
 
 
 __all__ = [
-    "DEFAULT_BUSY_TIMEOUT_MS",
-    "DEFAULT_MAX_POLL_INTERVAL_MS",
-    "DEFAULT_POLL_INTERVAL_MS",
+    "DEFAULT_BUSY_TIMEOUT_S",
+    "DEFAULT_MAX_POLL_INTERVAL_S",
+    "DEFAULT_POLL_INTERVAL_S",
     "SQLiteDriver",
 ]

@@ -1,0 +1,71 @@
+"""Every default, written once. The lowest module: it imports nothing of asynctasq.
+
+Durations are seconds (suffix ``_S``) unless the name says otherwise; sizes are bytes. The
+settings in :mod:`asynctasq.config`, the :class:`~asynctasq.core.worker.Worker` arguments and
+the drivers' constructor arguments all take their defaults from here.
+"""
+
+from __future__ import annotations
+
+# -- tasks and producers ----------------------------------------------------------------------
+DEFAULT_DRIVER = "sqlite"
+DEFAULT_SERIALIZER = "msgpack"
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_RETRY_AFTER_S = 1.0
+"""Base of the exponential retry backoff (doubles per attempt, jittered)."""
+DEFAULT_MAX_RETRY_DELAY_S = 3600.0
+DEFAULT_RESULTS_TTL_S = 500.0
+"""RQ's default result TTL."""
+DEFAULT_DISPATCH_TIMEOUT_S = 30.0
+"""How long ``dispatch_sync()`` waits for the broker."""
+
+# -- leases and messages -----------------------------------------------------------------------
+DEFAULT_LEASE_S = 30.0
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""Largest encoded task message a driver accepts unless the broker's own limit is lower (SQS)
+or ``max_message_bytes`` says otherwise. Large data belongs in a store, passed by reference."""
+
+# -- worker -----------------------------------------------------------------------------------
+DEFAULT_CONCURRENCY = 10
+DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
+DEFAULT_HEARTBEAT_INTERVAL_S = 10.0
+DEFAULT_DEQUEUE_STRATEGY = "round_robin"
+DEFAULT_LOG_LEVEL = "INFO"
+
+# -- reconnects -------------------------------------------------------------------------------
+DEFAULT_RECONNECT_TIMEOUT_S = 60.0
+"""How long an operation retries a lost broker connection before it raises."""
+RECONNECT_FIRST_DELAY_S = 0.05
+RECONNECT_MAX_DELAY_S = 0.5
+"""Backoff cap while reconnecting: work resumes within this long of the broker's return."""
+
+# -- sqlite -----------------------------------------------------------------------------------
+DEFAULT_SQLITE_PATH = "asynctasq.db"
+
+# -- redis ------------------------------------------------------------------------------------
+DEFAULT_REDIS_URL = "redis://localhost:6379"
+DEFAULT_REDIS_PREFIX = "asynctasq"
+DEFAULT_REDIS_MAX_CONNECTIONS = 50
+
+# -- postgres ---------------------------------------------------------------------------------
+DEFAULT_POSTGRES_DSN = "postgresql://postgres@localhost:5432/postgres"
+DEFAULT_POSTGRES_SCHEMA = "public"
+DEFAULT_POSTGRES_TABLE = "asynctasq_tasks"
+DEFAULT_POSTGRES_MIN_POOL_SIZE = 1
+DEFAULT_POSTGRES_MAX_POOL_SIZE = 10
+
+# -- mysql ------------------------------------------------------------------------------------
+DEFAULT_MYSQL_DSN = "mysql://root@localhost:3306/test"
+DEFAULT_MYSQL_TABLE = "asynctasq_tasks"
+DEFAULT_MYSQL_MAX_POOL_SIZE = 10
+
+# -- sqs --------------------------------------------------------------------------------------
+DEFAULT_SQS_REGION = "us-east-1"
+
+# -- rabbitmq ---------------------------------------------------------------------------------
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@localhost:5672/"
+
+# -- retention --------------------------------------------------------------------------------
+DEFAULT_FAILED_RETENTION_S = 7 * 24 * 3600.0
+"""Failed-registry entries older than this are deleted by drivers that sweep (0: keep)."""
