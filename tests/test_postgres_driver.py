@@ -92,13 +92,13 @@ async def test_old_schema_is_refused_until_migrated(make: MakePg, admin: Any, sc
     driver = await make()
     [kept] = await driver.dequeue(["kept"], 10, wait=0)
     assert kept.body == b"x"
-    assert await driver.ack([kept]) == 1
+    assert len(await driver.ack([kept])) == 1
 
 
 def _descriptions() -> list[tuple[int, str]]:
-    from asynctasq.drivers.postgres import _MIGRATIONS
+    from asynctasq.drivers._postgres_schema import MIGRATIONS
 
-    return [(v, d) for v, d, _ in _MIGRATIONS]
+    return [(v, d) for v, d, _ in MIGRATIONS]
 
 
 async def test_newer_schema_is_refused(make: MakePg, admin: Any, schema: str) -> None:
@@ -177,7 +177,7 @@ async def test_unreachable_server_is_one_clear_line() -> None:
     with pytest.raises(DriverError) as info:
         await driver.connect()
     message = str(info.value)
-    assert message.startswith("cannot connect to PostgreSQL at postgresql://app:***@127.0.0.1:1/app")
+    assert message.startswith("cannot reach PostgreSQL at postgresql://app:***@127.0.0.1:1/app")
     assert "s3cret" not in message and "\n" not in message
     with pytest.raises(DriverError, match="not connected"):
         await driver.enqueue("q", b"x")
@@ -209,7 +209,7 @@ async def test_multi_queue_claim_fills_from_later_queues_in_order(make: MakePg) 
     got = await driver.dequeue(["high", "mid", "low"], 5, wait=0)
     assert [d.body for d in got] == [b"h0", b"h1", b"h2", b"l0", b"l1"]
     assert [d.queue for d in got] == ["high"] * 3 + ["low"] * 2
-    assert await driver.ack(got) == 5
+    assert len(await driver.ack(got)) == 5
 
 
 async def test_batch_claims_of_two_drivers_never_overlap(make: MakePg) -> None:
@@ -227,7 +227,7 @@ async def test_batch_claims_of_two_drivers_never_overlap(make: MakePg) -> None:
             assert all(d.delivery_count == 1 for d in got)
             tokens.update((d.id, d.token) for d in got)
             seen[name].extend(d.body for d in got)
-            assert await driver.ack(got) == len(got)
+            assert len(await driver.ack(got)) == len(got)
 
     await asyncio.gather(consume("a", a), consume("b", b))
     everything = seen["a"] + seen["b"]
@@ -249,9 +249,9 @@ async def test_stale_ack_of_a_reclaimed_batch_changes_nothing(make: MakePg) -> N
 
     await wait_for(reclaimed, timeout=10)
     assert sorted(d.delivery_count for d in again) == [2] * 5
-    assert await a.ack(first) == 0
-    assert await a.extend(first, 60) == 0
-    assert await b.ack(again) == 5
+    assert len(await a.ack(first)) == 0
+    assert len(await a.extend(first, 60)) == 0
+    assert len(await b.ack(again)) == 5
 
 
 # -- the LISTEN connection -----------------------------------------------------------------------
@@ -344,8 +344,8 @@ async def test_async_commit_of_claims_does_not_leak_into_the_session(make: MakeP
     driver = await make(max_pool_size=1, min_pool_size=1)  # every statement on one connection
     await driver.enqueue_many([EnqueueItem("q", b"1"), EnqueueItem("q", b"2")])
     got = await driver.dequeue(["q"], 2, wait=0)
-    assert await driver.extend(got, 30) == 2
-    assert await driver.ack(got) == 2
+    assert len(await driver.extend(got, 30)) == 2
+    assert len(await driver.ack(got)) == 2
     assert driver._pool is not None
     assert await driver._pool.fetchval("SHOW synchronous_commit") == "on"
 
@@ -371,7 +371,7 @@ async def test_pool_connections_lost_are_replaced(make: MakePg, admin: Any) -> N
             outcomes.append(str(exc))
             return False
         if got:
-            assert await driver.ack(got) == 1
+            assert len(await driver.ack(got)) == 1
         return bool(got)
 
     await wait_for(recovered, timeout=10)

@@ -39,7 +39,9 @@ def driver_class(name: str) -> type[BaseDriver]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name == module_name:
-            raise DriverNotAvailable(f"the {name} driver is not available in this version of asynctasq") from None
+            raise DriverNotAvailable(
+                f"the {name} driver is not available in this version of asynctasq"
+            ) from None
         if spec.extra is not None:
             raise DriverNotAvailable(
                 f'the {name} driver needs {exc.name}: pip install "asynctasq[{spec.extra}]"'

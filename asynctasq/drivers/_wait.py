@@ -120,9 +120,9 @@ class WakeHub:
                     for group in self._waiters.values():
                         found |= group
                     break
-                group = self._waiters.get(key)
-                if group:
-                    found |= group
+                members = self._waiters.get(key)
+                if members:
+                    found |= members
         for waiter in found:
             waiter.wake_threadsafe()
 

@@ -30,168 +30,100 @@ import contextlib
 import hashlib
 import json
 import logging
-import re
 import secrets
 import time
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, ClassVar, TypeVar
 
-from asynctasq.config import redact_url
-from asynctasq.drivers.base import (
+from asynctasq.constants import (
+    DEFAULT_FAILED_RETENTION_S,
     DEFAULT_LEASE_S,
+    DEFAULT_POSTGRES_DSN,
+    DEFAULT_POSTGRES_MAX_POOL_SIZE,
+    DEFAULT_POSTGRES_MIN_POOL_SIZE,
+    DEFAULT_POSTGRES_SCHEMA,
+    DEFAULT_POSTGRES_TABLE,
+    DEFAULT_RECONNECT_TIMEOUT_S,
+)
+from asynctasq.drivers._postgres_schema import MIGRATE_HINT, MIGRATIONS, SCHEMA_VERSION
+from asynctasq.drivers._reconnect import Reconnect, one_line
+from asynctasq.drivers._sql import check_version, pending, validate_identifier
+from asynctasq.drivers._wait import Waiter, WakeHub, queue_key, result_key
+from asynctasq.drivers.base import (
     BaseDriver,
     Delivery,
     EnqueueItem,
     FailedEntry,
     QueueStats,
     WorkerInfo,
+    still_held,
     validate_queue_name,
 )
-from asynctasq.errors import ConfigError, DriverError, DriverNotAvailable
+from asynctasq.errors import BrokerError, ConfigError, DriverError, DriverNotAvailable, SchemaError
+from asynctasq.utils.urls import redact_url
 
 try:
     import asyncpg
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise DriverNotAvailable('the postgres driver needs asyncpg: pip install "asynctasq[postgres]"') from exc
 
-if TYPE_CHECKING:
-    from asynctasq.config import Config
-
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-DEFAULT_DSN = "postgresql://postgres@localhost:5432/postgres"
-DEFAULT_SCHEMA = "public"
-DEFAULT_TABLE = "asynctasq_tasks"
 DEFAULT_POLL_INTERVAL_S = 1.0
 """Fallback poll of a waiting dequeue, in case a notification is lost."""
-DEFAULT_FAILED_RETENTION_S = 7 * 24 * 3600.0
-"""Failed-registry entries older than this are deleted (0 keeps them forever)."""
 RETENTION_SWEEP_INTERVAL_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
 LISTENER_RETRY_MAX_S = 2.0
 TABLE_NAME_MAX_LEN = 40
-_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _NOTIFY_PAYLOAD_MAX = 7000
-_ALL = "*"
 _SERVER_SETTINGS = {"application_name": "asynctasq", "jit": "off"}
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
-"""What a lost connection or a failed statement raises; surfaced as :class:`DriverError`."""
-
-
-def validate_identifier(value: str, what: str, max_len: int = 63) -> str:
-    """Return ``value`` if it is a plain SQL identifier of at most ``max_len`` characters."""
-    if not isinstance(value, str) or len(value) > max_len or not _IDENTIFIER_RE.match(value):
-        raise ConfigError(
-            f"invalid postgres {what} {value!r}: use 1-{max_len} letters, digits and _, "
-            "not starting with a digit"
-        )
-    return value
-
-
-# -- migrations ------------------------------------------------------------------------------
-# Each entry: (version, description, statements). {s} is the quoted schema, {t} the quoted
-# table name prefix: f'"{table}"', and {x} the raw table name for derived names. Never edit a
-# shipped migration; append a new one.
-
-_MIGRATIONS: list[tuple[int, str, list[str]]] = [
-    (
-        1,
-        "tasks and failed tables",
-        [
-            """
-            CREATE TABLE {s}.{t} (
-                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                queue text NOT NULL,
-                visible_at timestamptz NOT NULL,
-                lease_token bigint,
-                delivery_count integer NOT NULL DEFAULT 0,
-                body bytea NOT NULL
-            ) WITH (
-                fillfactor = 80,
-                autovacuum_vacuum_scale_factor = 0.01,
-                autovacuum_vacuum_threshold = 1000,
-                autovacuum_vacuum_insert_scale_factor = 0.05,
-                autovacuum_analyze_scale_factor = 0.02,
-                autovacuum_vacuum_cost_delay = 0
-            )
-            """,
-            'CREATE INDEX "{x}_claim" ON {s}.{t} (queue, visible_at, id)',
-            """
-            CREATE TABLE {s}."{x}_failed" (
-                id bigint PRIMARY KEY,
-                queue text NOT NULL,
-                body bytea NOT NULL,
-                error text NOT NULL,
-                failed_at timestamptz NOT NULL DEFAULT now()
-            )
-            """,
-            'CREATE INDEX "{x}_failed_queue" ON {s}."{x}_failed" (queue, failed_at)',
-            'CREATE INDEX "{x}_failed_at" ON {s}."{x}_failed" (failed_at)',
-        ],
-    ),
-    (
-        2,
-        "results, worker registry and commands tables",
-        [
-            """
-            CREATE TABLE {s}."{x}_results" (
-                task_id text PRIMARY KEY,
-                payload bytea NOT NULL,
-                expires_at timestamptz NOT NULL
-            ) WITH (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.02)
-            """,
-            'CREATE INDEX "{x}_results_expiry" ON {s}."{x}_results" (expires_at)',
-            """
-            CREATE TABLE {s}."{x}_workers" (
-                name text PRIMARY KEY,
-                info jsonb NOT NULL,
-                expires_at timestamptz NOT NULL
-            ) WITH (fillfactor = 50)
-            """,
-            """
-            CREATE TABLE {s}."{x}_commands" (
-                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                worker text NOT NULL,
-                command jsonb NOT NULL
-            )
-            """,
-            'CREATE INDEX "{x}_commands_worker" ON {s}."{x}_commands" (worker, id)',
-        ],
-    ),
-]
-SCHEMA_VERSION = _MIGRATIONS[-1][0]
-MIGRATE_HINT = "run `python -m asynctasq migrate --driver postgres`"
+_LOST = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.TooManyConnectionsError,
+)
+"""A lost, refused or broken connection (a restart, a failover): retried with backoff."""
+_DB_ERRORS = (*_LOST, asyncpg.PostgresError)
+_HINT = "start PostgreSQL there or point --postgres-dsn / ASYNCTASQ_POSTGRES_DSN at a running server"
 
 
 class PostgresDriver(BaseDriver):
     """Queues in PostgreSQL tables.
 
     Arguments: ``dsn`` (libpq URL), ``schema`` and ``table`` (validated identifiers),
-    ``min_pool_size`` / ``max_pool_size``, ``lease_seconds``, ``poll_interval_s`` (fallback poll
-    of a waiting dequeue), ``failed_retention_s`` (0 keeps failed entries forever).
+    ``min_pool_size`` / ``max_pool_size``, ``lease_seconds``, ``max_message_bytes``,
+    ``poll_interval_s`` (fallback poll of a waiting dequeue, in case a notification is lost),
+    ``failed_retention_s`` (0 keeps failed entries forever), ``reconnect_timeout_s`` (how long an
+    operation retries a lost connection before it raises :class:`BrokerUnavailable`).
     """
 
     name = "postgres"
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"stats", "failed", "results", "workers", "control", "purge"}
+        {"stats", "failed", "results", "workers", "control", "purge", "migrations", "fencing"}
     )
 
     def __init__(
         self,
         *,
-        dsn: str = DEFAULT_DSN,
-        schema: str = DEFAULT_SCHEMA,
-        table: str = DEFAULT_TABLE,
-        min_pool_size: int = 1,
-        max_pool_size: int = 10,
+        dsn: str = DEFAULT_POSTGRES_DSN,
+        schema: str = DEFAULT_POSTGRES_SCHEMA,
+        table: str = DEFAULT_POSTGRES_TABLE,
+        min_pool_size: int = DEFAULT_POSTGRES_MIN_POOL_SIZE,
+        max_pool_size: int = DEFAULT_POSTGRES_MAX_POOL_SIZE,
         lease_seconds: float = DEFAULT_LEASE_S,
+        max_message_bytes: int | None = None,
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
         failed_retention_s: float = DEFAULT_FAILED_RETENTION_S,
+        reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
     ) -> None:
-        super().__init__(lease_seconds=lease_seconds)
+        super().__init__(lease_seconds=lease_seconds, max_message_bytes=max_message_bytes)
         self.dsn = dsn
-        self.schema = validate_identifier(schema, "schema")
-        self.table = validate_identifier(table, "table", TABLE_NAME_MAX_LEN)
+        self.schema = validate_identifier(schema, "schema", "postgres")
+        self.table = validate_identifier(table, "table", "postgres", TABLE_NAME_MAX_LEN)
         if min_pool_size < 0 or max_pool_size < max(min_pool_size, 1):
             raise ConfigError("postgres pool sizes need 0 <= min_pool_size <= max_pool_size, max >= 1")
         self.min_pool_size = min_pool_size
@@ -207,23 +139,40 @@ class PostgresDriver(BaseDriver):
         self._listener_lock = asyncio.Lock()
         self._listener_task: asyncio.Task[None] | None = None
         self._closing = False
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._last_sweep = 0.0
         self._sql = _Statements(f'"{self.schema}"', self.table)
-
-    @classmethod
-    def from_config(cls, config: Config) -> PostgresDriver:
-        return cls(
-            dsn=config.postgres_dsn,
-            schema=config.postgres_schema,
-            table=config.postgres_table,
-            min_pool_size=config.postgres_min_pool_size,
-            max_pool_size=config.postgres_max_pool_size,
-            lease_seconds=config.lease_seconds,
+        self._reconnect = Reconnect(
+            f"PostgreSQL at {redact_url(dsn)}",
+            _HINT,
+            _LOST,
+            timeout_s=reconnect_timeout_s,
+            on_lost=self._drop_connections,
         )
 
     def describe(self) -> str:
         return f"postgres:{redact_url(self.dsn)} ({self.schema}.{self.table})"
+
+    def wake_scope(self) -> str:
+        return f"{self.dsn}|{self.schema}.{self.table}"
+
+    async def _db(self, what: str, op: Callable[[Any], Awaitable[T]]) -> T:
+        """``op(pool)``: a lost connection is retried with backoff (``Reconnect``); any other
+        database error becomes a :class:`BrokerError` naming ``what`` failed."""
+
+        async def attempt() -> T:
+            return await op(self._p)
+
+        try:
+            return await self._reconnect.run(attempt)
+        except asyncpg.PostgresError as exc:
+            raise BrokerError(f"postgres {what} failed: {one_line(exc)}") from exc
+
+    async def _drop_connections(self, _exc: BaseException) -> None:
+        """After a lost connection: the pool's other idle connections are likely dead too."""
+        pool = self._pool
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.expire_connections()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -237,8 +186,17 @@ class PostgresDriver(BaseDriver):
             raise self._unreachable(exc) from None
 
     def _unreachable(self, exc: BaseException) -> DriverError:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return DriverError(f"cannot connect to PostgreSQL at {redact_url(self.dsn)}: {reason}")
+        if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+            return BrokerError(
+                f"PostgreSQL at {redact_url(self.dsn)} refused the credentials ({one_line(exc)}): "
+                "check the user and password in --postgres-dsn / ASYNCTASQ_POSTGRES_DSN"
+            )
+        if isinstance(exc, asyncpg.InvalidCatalogNameError):
+            return BrokerError(
+                f"PostgreSQL at {redact_url(self.dsn)}: {one_line(exc)}: create the database or "
+                "name an existing one in --postgres-dsn"
+            )
+        return self._reconnect.unavailable(exc)
 
     async def connect(self) -> None:
         if self._pool is not None:
@@ -277,7 +235,7 @@ class PostgresDriver(BaseDriver):
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
-        self._wake(_ALL)
+        self.hub.wake_all()
 
     @property
     def _p(self) -> Any:
@@ -300,22 +258,13 @@ class PostgresDriver(BaseDriver):
         if version is None:
             tasks = await conn.fetchval("SELECT to_regclass($1)", self._sql.tasks_regclass)
             if tasks is not None:
-                raise DriverError(
+                raise SchemaError(
                     f"table {self.schema}.{self.table} exists without a schema version table; "
                     "it was not made by asynctasq: choose another postgres_table"
                 )
             await self._migrate(conn, None)  # a fresh database: create the schema
             return
-        if version < SCHEMA_VERSION:
-            raise DriverError(
-                f"the asynctasq tables in {self.schema}.{self.table} are at schema version {version}, "
-                f"this asynctasq needs {SCHEMA_VERSION}: {MIGRATE_HINT}"
-            )
-        if version > SCHEMA_VERSION:
-            raise DriverError(
-                f"the asynctasq tables in {self.schema}.{self.table} are at schema version {version}, "
-                f"newer than this asynctasq knows ({SCHEMA_VERSION}): upgrade asynctasq"
-            )
+        check_version(version, SCHEMA_VERSION, f"{self.schema}.{self.table}", MIGRATE_HINT)
 
     async def migrate(self, target: int | None = None) -> list[str]:
         """Create or upgrade the schema up to ``target`` (default: the latest); return what ran."""
@@ -329,7 +278,6 @@ class PostgresDriver(BaseDriver):
             await conn.close()
 
     async def _migrate(self, conn: Any, target: int | None) -> list[str]:
-        target = SCHEMA_VERSION if target is None else target
         names = {"s": f'"{self.schema}"', "t": f'"{self.table}"', "x": self.table}
         applied: list[str] = []
         async with conn.transaction():
@@ -342,9 +290,7 @@ class PostgresDriver(BaseDriver):
                 "applied_at timestamptz NOT NULL DEFAULT now())"
             )
             current = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {self._sql.version_table}")
-            for version, description, statements in _MIGRATIONS:
-                if version <= current or version > target:
-                    continue
+            for version, description, statements in pending(MIGRATIONS, current, target):
                 for statement in statements:
                     await conn.execute(statement.format(**names))
                 await conn.execute(
@@ -359,34 +305,21 @@ class PostgresDriver(BaseDriver):
 
     # -- wake-ups --------------------------------------------------------------------------
 
-    def _wake(self, key: str) -> None:
-        if key == _ALL:
-            groups = list(self._waiters.values())
-            self._waiters.clear()
-        else:
-            group = self._waiters.pop(key, None)
-            groups = [group] if group else []
-        for futures in groups:
-            for fut in futures:
-                if not fut.done():
-                    fut.set_result(None)
-
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         kind, _, rest = payload.partition(":")
         if kind == "q":
-            self._wake("q:" + rest)
+            self.hub.wake([queue_key(rest)])
         elif kind == "r":
-            for task_id in rest.split(","):
-                self._wake("r:" + task_id)
+            self.hub.wake([result_key(t) for t in rest.split(",")])
         else:
-            self._wake(_ALL)
+            self.hub.wake([WakeHub.ALL])
 
     def _on_listener_lost(self, _conn: Any) -> None:
         if self._closing:
             return
         log.warning("postgres LISTEN connection lost; reconnecting")
         self._listener = None
-        self._wake(_ALL)
+        self.hub.wake_all()
         if self._listener_task is None or self._listener_task.done():
             self._listener_task = asyncio.get_running_loop().create_task(self._relisten())
 
@@ -400,7 +333,7 @@ class PostgresDriver(BaseDriver):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LISTENER_RETRY_MAX_S)
             else:
-                self._wake(_ALL)  # something may have been missed while we were away
+                self.hub.wake_all()  # something may have been missed while we were away
                 return
 
     async def _ensure_listener(self) -> None:
@@ -422,20 +355,6 @@ class PostgresDriver(BaseDriver):
     def _listening(self) -> bool:
         return self._listener is not None and not self._listener.is_closed()
 
-    def _register(self, keys: Iterable[str]) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for key in keys:
-            self._waiters.setdefault(key, set()).add(fut)
-        return fut
-
-    def _unregister(self, keys: Iterable[str], fut: asyncio.Future[None]) -> None:
-        for key in keys:
-            group = self._waiters.get(key)
-            if group is not None:
-                group.discard(fut)
-                if not group:
-                    del self._waiters[key]
-
     async def _wait_listening(self) -> None:
         """Start the listener for a wait; while it cannot start, the fallback poll carries on."""
         if self._listening() or self._closing:
@@ -450,111 +369,99 @@ class PostgresDriver(BaseDriver):
 
     # -- contract --------------------------------------------------------------------------
 
-    async def enqueue(self, queue: str, body: bytes, delay: float = 0.0) -> str:
-        validate_queue_name(queue)
-        try:
-            task_id = await self._p.fetchval(self._sql.enqueue, queue, float(delay), body, self.channel)
-        except _DB_ERRORS as exc:
-            raise DriverError(f"postgres enqueue failed: {exc}") from exc
+    async def _enqueue(self, item: EnqueueItem) -> str:
+        sql = self._sql.enqueue
+        task_id = await self._db(
+            "enqueue", lambda p: p.fetchval(sql, item.queue, float(item.delay), item.body, self.channel)
+        )
         return str(task_id)
 
-    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[str]:
-        if not items:
-            return []
-        queues = [validate_queue_name(i.queue) for i in items]
+    async def _enqueue_many(self, items: Sequence[EnqueueItem]) -> list[str]:
+        queues = [i.queue for i in items]
         delays = [float(i.delay) for i in items]
         bodies = [i.body for i in items]
-        try:
-            ids = await self._p.fetchval(self._sql.enqueue_many, queues, delays, bodies, self.channel)
-        except _DB_ERRORS as exc:
-            raise DriverError(f"postgres enqueue failed: {exc}") from exc
+        sql = self._sql.enqueue_many
+        ids = await self._db("enqueue", lambda p: p.fetchval(sql, queues, delays, bodies, self.channel))
         return [str(i) for i in ids]
 
     async def _claim(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         token = secrets.randbits(63)
-        try:
-            if len(queues) == 1:
-                queue = queues[0]
-                rows = await self._p.fetch(self._sql.claim_one, queue, limit, self.lease_seconds, token)
-                str_token = str(token)
-                return [Delivery(str(r[0]), queue, r[1], str_token, r[2]) for r in rows]
-            rows = await self._p.fetch(self._sql.claim_many, list(queues), limit, self.lease_seconds, token)
-        except _DB_ERRORS as exc:
-            raise DriverError(f"postgres dequeue failed: {exc}") from exc
         str_token = str(token)
+        lease = self.lease_seconds
+        if len(queues) == 1:
+            queue = queues[0]
+            sql = self._sql.claim_one
+            rows = await self._db("dequeue", lambda p: p.fetch(sql, queue, limit, lease, token))
+            return [Delivery(str(r[0]), queue, r[1], str_token, r[2]) for r in rows]
+        names = list(queues)
+        sql = self._sql.claim_many
+        rows = await self._db("dequeue", lambda p: p.fetch(sql, names, limit, lease, token))
         return [Delivery(str(r[0]), r[1], r[2], str_token, r[3]) for r in rows]
 
-    async def dequeue(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:
-        for q in queues:
-            validate_queue_name(q)
-        if limit <= 0 or not queues:
-            return []
-        if wait <= 0:
-            return await self._claim(queues, limit)
-        deadline = time.monotonic() + wait
-        keys = ["q:" + q for q in queues]
-        await self._wait_listening()
-        while True:
-            fut = self._register(keys)  # before the claim: a notify from now on is not lost
-            try:
-                got = await self._claim(queues, limit)
-                now = time.monotonic()
-                if got or now >= deadline:
-                    return got
-                timeout = min(deadline - now, self.poll_interval_s)
-                try:
-                    next_due = await self._p.fetchval(self._sql.next_due, list(queues))
-                except _DB_ERRORS as exc:
-                    raise DriverError(f"postgres dequeue failed: {exc}") from exc
-                if next_due is not None:
-                    timeout = min(timeout, max(float(next_due), 0.001))
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(fut, timeout)
-            finally:
-                self._unregister(keys, fut)
-            if not self._listening():
-                await self._wait_listening()
+    async def _pause(self, waiter: Waiter, queues: Sequence[str], left: float) -> None:
+        """Until a NOTIFY (or an in-process wake-up), the next delayed message or lease
+        falling due, the fallback poll, or ``left`` seconds."""
+        if not self._listening():
+            await self._wait_listening()
+        timeout = min(left, self.poll_interval_s)
+        if queues:
+            names = list(queues)
+            sql = self._sql.next_due
+            next_due = await self._db("dequeue", lambda p: p.fetchval(sql, names))
+            if next_due is not None:
+                timeout = min(timeout, max(float(next_due), 0.001))
+        await waiter.sleep(timeout)
 
-    async def ack(self, deliveries: Sequence[Delivery]) -> int:
-        if not deliveries:
-            return 0
+    @staticmethod
+    def _held(deliveries: Sequence[Delivery], row: Any) -> list[Delivery]:
+        """From a ``(count, ids, tokens)`` row of a fenced batch statement."""
+        if row[0] == len(deliveries):
+            return list(deliveries)
+        return still_held(deliveries, zip(map(str, row[1] or ()), map(str, row[2] or ()), strict=True))
+
+    async def _ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         ids = [int(d.id) for d in deliveries]
         tokens = [int(d.token) for d in deliveries]
-        try:
-            done: int = await self._p.fetchval(self._sql.ack, ids, tokens)
-        except _DB_ERRORS as exc:
-            raise DriverError(f"postgres ack failed: {exc}") from exc
-        return done
+        sql = self._sql.ack
+        return self._held(deliveries, await self._db("ack", lambda p: p.fetchrow(sql, ids, tokens)))
 
-    async def release(self, delivery: Delivery, delay: float = 0.0, body: bytes | None = None) -> bool:
-        try:
-            row = await self._p.fetchval(
-                self._sql.release, int(delivery.id), int(delivery.token), float(delay), body, self.channel
-            )
-        except _DB_ERRORS as exc:
-            raise DriverError(f"postgres release failed: {exc}") from exc
-        return row is not None
+    async def _complete(
+        self, deliveries: Sequence[Delivery], results: Sequence[tuple[str, bytes]], results_ttl: float
+    ) -> list[Delivery]:
+        """Results stored and messages deleted by one statement: atomic, one round trip."""
+        latest = dict(results)
+        task_ids = list(latest)
+        payloads = [bytes(p) for p in latest.values()]
+        notices = _chunk_ids(task_ids)
+        ids = [int(d.id) for d in deliveries]
+        tokens = [int(d.token) for d in deliveries]
+        sql = self._sql.complete
+        row = await self._db(
+            "ack",
+            lambda p: p.fetchrow(
+                sql, ids, tokens, task_ids, payloads, float(results_ttl), self.channel, notices
+            ),
+        )
+        self.wake_results(task_ids)
+        await self._sweep()
+        return self._held(deliveries, row)
 
-    async def extend(self, deliveries: Sequence[Delivery], seconds: float | None = None) -> int:
-        if not deliveries:
-            return 0
-        seconds = self.lease_seconds if seconds is None else seconds
-        try:
-            held: int = await self._p.fetchval(
-                self._sql.extend,
-                [int(d.id) for d in deliveries],
-                [int(d.token) for d in deliveries],
-                float(seconds),
-            )
-        except _DB_ERRORS as exc:
-            raise DriverError(f"postgres extend failed: {exc}") from exc
-        return held
+    async def _release(self, delivery: Delivery, delay: float, body: bytes | None) -> bool:
+        sql = self._sql.release
+        args = (int(delivery.id), int(delivery.token), float(delay), body, self.channel)
+        return await self._db("release", lambda p: p.fetchval(sql, *args)) is not None
 
-    async def fail(self, delivery: Delivery, error: str) -> bool:
-        try:
-            status = await self._p.execute(self._sql.fail, int(delivery.id), int(delivery.token), error)
-        except _DB_ERRORS as exc:
-            raise DriverError(f"postgres could not record the failure: {exc}") from exc
+    async def _extend(self, deliveries: Sequence[Delivery], seconds: float) -> list[Delivery]:
+        ids = [int(d.id) for d in deliveries]
+        tokens = [int(d.token) for d in deliveries]
+        sql = self._sql.extend
+        row = await self._db("extend", lambda p: p.fetchrow(sql, ids, tokens, float(seconds)))
+        return self._held(deliveries, row)
+
+    async def _fail(self, delivery: Delivery, error: str) -> bool:
+        sql = self._sql.fail
+        args = (int(delivery.id), int(delivery.token), error)
+        status = await self._db("failure record", lambda p: p.execute(sql, *args))
         await self._sweep()
         return _count(status) == 1
 
@@ -571,24 +478,26 @@ class PostgresDriver(BaseDriver):
 
         Runs by itself at most once a minute from ``fail`` and ``store_results``.
         """
-        await self._p.execute(self._sql.sweep_results)
+        await self._db("retention sweep", lambda p: p.execute(self._sql.sweep_results))
         if self.failed_retention_s > 0:
-            await self._p.execute(self._sql.sweep_failed, float(self.failed_retention_s))
+            keep = float(self.failed_retention_s)
+            await self._db("retention sweep", lambda p: p.execute(self._sql.sweep_failed, keep))
 
     async def stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
         for q in queues:
             validate_queue_name(q)
         out = {q: QueueStats(ready=0, delayed=0, leased=0, failed=0) for q in queues}
-        for row in await self._p.fetch(self._sql.stats, list(queues)):
+        names = list(queues)
+        for row in await self._db("stats", lambda p: p.fetch(self._sql.stats, names)):
             out[row[0]] = QueueStats(ready=row[1], delayed=row[2], leased=row[3], failed=row[4])
         return out
 
     async def purge(self, queue: str) -> int:
         validate_queue_name(queue)
-        return _count(await self._p.execute(self._sql.purge, queue))
+        return _count(await self._db("purge", lambda p: p.execute(self._sql.purge, queue)))
 
     async def failed_list(self, queue: str | None = None, limit: int = 100) -> list[FailedEntry]:
-        rows = await self._p.fetch(self._sql.failed_list, queue, limit)
+        rows = await self._db("failed list", lambda p: p.fetch(self._sql.failed_list, queue, limit))
         return [FailedEntry(id=str(r[0]), queue=r[1], body=r[2], error=r[3], failed_at=r[4]) for r in rows]
 
     @staticmethod
@@ -602,11 +511,18 @@ class PostgresDriver(BaseDriver):
         return out
 
     async def failed_requeue(self, ids: Iterable[str] | None = None, queue: str | None = None) -> int:
-        row = await self._p.fetchrow(self._sql.failed_requeue, self._ids(ids), queue, self.channel)
+        wanted = self._ids(ids)
+        sql = self._sql.failed_requeue
+        row = await self._db("failed requeue", lambda p: p.fetchrow(sql, wanted, queue, self.channel))
+        if row[0]:
+            self.hub.wake_all()
         return int(row[0])
 
     async def failed_purge(self, ids: Iterable[str] | None = None, queue: str | None = None) -> int:
-        return _count(await self._p.execute(self._sql.failed_purge, self._ids(ids), queue))
+        wanted = self._ids(ids)
+        return _count(
+            await self._db("failed purge", lambda p: p.execute(self._sql.failed_purge, wanted, queue))
+        )
 
     async def store_results(self, results: Sequence[tuple[str, bytes]], ttl: float) -> None:
         if not results:
@@ -615,45 +531,36 @@ class PostgresDriver(BaseDriver):
         task_ids = list(latest)
         payloads = [bytes(p) for p in latest.values()]
         notices = _chunk_ids(task_ids)
-        await self._p.execute(self._sql.store_results, task_ids, payloads, float(ttl), self.channel, notices)
+        sql = self._sql.store_results
+        await self._db(
+            "result store", lambda p: p.execute(sql, task_ids, payloads, float(ttl), self.channel, notices)
+        )
+        self.wake_results(task_ids)
         await self._sweep()
 
-    async def get_result(self, task_id: str, wait: float) -> bytes | None:
-        payload: bytes | None = await self._p.fetchval(self._sql.get_result, task_id)
-        if payload is not None or wait <= 0:
-            return payload
-        deadline = time.monotonic() + wait
-        keys = ["r:" + task_id]
-        await self._wait_listening()
-        while True:
-            fut = self._register(keys)
-            try:
-                payload = await self._p.fetchval(self._sql.get_result, task_id)
-                now = time.monotonic()
-                if payload is not None or now >= deadline:
-                    return payload
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(fut, min(deadline - now, self.poll_interval_s))
-            finally:
-                self._unregister(keys, fut)
-            if not self._listening():
-                await self._wait_listening()
+    async def _read_result(self, task_id: str) -> bytes | None:
+        payload: bytes | None = await self._db(
+            "result read", lambda p: p.fetchval(self._sql.get_result, task_id)
+        )
+        return payload
 
     async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
-        await self._p.execute(self._sql.register_worker, info["name"], json.dumps(info), float(ttl))
+        args = (info["name"], json.dumps(info), float(ttl))
+        await self._db("worker registry", lambda p: p.execute(self._sql.register_worker, *args))
 
     async def deregister_worker(self, name: str) -> None:
-        await self._p.execute(self._sql.deregister_worker, name)
+        await self._db("worker registry", lambda p: p.execute(self._sql.deregister_worker, name))
 
     async def list_workers(self) -> list[WorkerInfo]:
-        rows = await self._p.fetch(self._sql.list_workers)
+        rows = await self._db("worker registry", lambda p: p.fetch(self._sql.list_workers))
         return [json.loads(r[0]) for r in rows]
 
     async def send_command(self, worker: str, command: dict[str, Any]) -> None:
-        await self._p.execute(self._sql.send_command, worker, json.dumps(command))
+        encoded = json.dumps(command)
+        await self._db("command", lambda p: p.execute(self._sql.send_command, worker, encoded))
 
     async def receive_commands(self, worker: str) -> list[dict[str, Any]]:
-        rows = await self._p.fetch(self._sql.receive_commands, worker)
+        rows = await self._db("command", lambda p: p.fetch(self._sql.receive_commands, worker))
         return [json.loads(r[0]) for r in rows]
 
 
@@ -776,13 +683,26 @@ class _Statements:
                 ORDER BY visible_at LIMIT 1
             ) n
         """
-        self.ack = f"""
-            WITH d AS (
+        # fenced batches return (count, ids, tokens) of the rows they changed
+        ack = f"""
                 DELETE FROM {t} t USING unnest($1::bigint[], $2::bigint[]) AS a(id, token)
                 WHERE t.id = a.id AND t.lease_token = a.token
+                RETURNING t.id, a.token
+        """
+        held = "SELECT count(*)::int, array_agg(id), array_agg(token) FROM d"
+        self.ack = f"WITH d AS ({ack}) {held}, {nowait}"
+        # results first in the same statement: both commit together, or neither does
+        self.complete = f"""
+            WITH ins AS (
+                INSERT INTO {results} (task_id, payload, expires_at)
+                SELECT i, p, now() + {secs.format("$5")} FROM unnest($3::text[], $4::bytea[]) AS r(i, p)
+                ON CONFLICT (task_id) DO UPDATE SET payload = excluded.payload,
+                    expires_at = excluded.expires_at
                 RETURNING 1
+            ), d AS ({ack}), woken AS (
+                SELECT count(pg_notify($6, n)) AS n FROM unnest($7::text[]) AS n
             )
-            SELECT count(*)::int FROM d, {nowait}
+            {held}, (SELECT count(*) FROM ins) AS stored, (SELECT n FROM woken) AS woken
         """
         self.release = f"""
             WITH u AS (
@@ -796,13 +716,13 @@ class _Statements:
             SELECT 1 FROM u, pg_notify($5, 'q:' || u.queue)
         """
         self.extend = f"""
-            WITH e AS (
+            WITH d AS (
                 UPDATE {t} t SET visible_at = now() + {secs.format("$3")}
                 FROM unnest($1::bigint[], $2::bigint[]) AS a(id, token)
                 WHERE t.id = a.id AND t.lease_token = a.token
-                RETURNING 1
+                RETURNING t.id, a.token
             )
-            SELECT count(*)::int FROM e, {nowait}
+            {held}, {nowait}
         """
         self.fail = f"""
             WITH d AS (DELETE FROM {t} WHERE id = $1 AND lease_token = $2 RETURNING id, queue, body)
