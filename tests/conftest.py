@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from asynctasq.drivers.base import BaseDriver
-from tests.backends import BACKENDS, cleanup, make_driver
+from tests.backends import BACKENDS, cleanup, make_driver, services_required
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    """With ASYNCTASQ_REQUIRE_SERVICES=1 (CI), a test module skipped at import time (a missing
+    test dependency behind ``pytest.importorskip``) fails the run instead of vanishing."""
+    if report.skipped and services_required():
+        report.outcome = "failed"
 
 
 async def wait_for(

@@ -20,7 +20,6 @@ import pytest
 
 from asynctasq.config import Config
 from asynctasq.core.driver_factory import DriverFactory
-from asynctasq.drivers import sqlite as sqlite_module
 from asynctasq.drivers.base import EnqueueItem
 from asynctasq.drivers.sqlite import BATCH_ROWS, SCHEMA_VERSION, SQLiteDriver
 from asynctasq.errors import DriverError

@@ -2,7 +2,10 @@
 
 A backend whose broker cannot be reached raises :class:`ServiceUnavailable`; the fixtures turn
 that into a skip with the reason, or into a failure when ``ASYNCTASQ_REQUIRE_SERVICES=1``.
-A new driver adds its module here and its name to ``BACKENDS``.
+A new driver adds its module here and its name to ``BACKENDS``. Each module has
+``make_driver(namespace, **options)``, ``cleanup(namespace)``, ``driver_config(namespace)`` (the
+Config keywords of a worker subprocess on the same broker) and ``NO_FALLBACK_POLL`` (constructor
+options that turn fallback polls off).
 """
 
 from __future__ import annotations
@@ -50,9 +53,15 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-async def make_driver(backend: str, namespace: str, **options: Any) -> BaseDriver:
-    """A connected driver of ``backend`` isolated under ``namespace``."""
+async def make_driver(
+    backend: str, namespace: str, *, no_fallback_poll: bool = False, **options: Any
+) -> BaseDriver:
+    """A connected driver of ``backend`` isolated under ``namespace``. ``no_fallback_poll``
+    turns off any fallback poll (the backend's ``NO_FALLBACK_POLL`` options), so that only the
+    broker's own signal or the in-process wake-up can end a wait early."""
     module = importlib.import_module(f"tests.backends.{backend}_backend")
+    if no_fallback_poll:
+        options = {**module.NO_FALLBACK_POLL, **options}
     try:
         driver: BaseDriver = await module.make_driver(namespace, **options)
     except ServiceUnavailable as exc:

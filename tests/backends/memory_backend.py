@@ -4,6 +4,8 @@ from typing import Any
 
 from asynctasq.drivers.memory import MemoryDriver
 
+NO_FALLBACK_POLL: dict[str, Any] = {}  # every change happens in-process and wakes the hub
+
 
 async def make_driver(namespace: str, **options: Any) -> MemoryDriver:
     driver = MemoryDriver(namespace=namespace, **options)

@@ -12,6 +12,9 @@ HOST, PORT = "127.0.0.1", 5432
 DSN = os.environ.get("ASYNCTASQ_TEST_POSTGRES_DSN", f"postgresql://postgres@{HOST}:{PORT}/test")
 
 
+NO_FALLBACK_POLL: dict[str, Any] = {"poll_interval_s": 3600.0}
+
+
 async def make_driver(namespace: str, **options: Any) -> PostgresDriver:
     check_port("PostgreSQL", HOST, PORT)
     options.setdefault("max_pool_size", 4)

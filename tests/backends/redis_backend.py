@@ -16,6 +16,9 @@ def check_redis() -> None:
     check_port("Redis", parts.hostname or "127.0.0.1", parts.port or 6379)
 
 
+NO_FALLBACK_POLL: dict[str, Any] = {}  # BLPOP on the wake lists is the only wait
+
+
 async def make_driver(namespace: str, **options: Any) -> Any:
     check_redis()
     try:

@@ -13,6 +13,9 @@ def _path(namespace: str) -> str:
     return os.path.join(_DIR, f"{namespace}.db")
 
 
+NO_FALLBACK_POLL: dict[str, Any] = {"poll_interval_s": 3600.0, "max_poll_interval_s": 3600.0}
+
+
 async def make_driver(namespace: str, **options: Any) -> SQLiteDriver:
     driver = SQLiteDriver(path=_path(namespace), **options)
     await driver.connect()
