@@ -429,10 +429,7 @@ class PostgresDriver(BaseDriver):
         self, deliveries: Sequence[Delivery], results: Sequence[tuple[str, bytes]], results_ttl: float
     ) -> list[Delivery]:
         """Results stored and messages deleted by one statement: atomic, one round trip."""
-        latest = dict(results)
-        task_ids = list(latest)
-        payloads = [bytes(p) for p in latest.values()]
-        notices = _chunk_ids(task_ids)
+        task_ids, payloads, notices = _result_rows(results)
         ids = [int(d.id) for d in deliveries]
         tokens = [int(d.token) for d in deliveries]
         sql = self._sql.complete
@@ -527,10 +524,7 @@ class PostgresDriver(BaseDriver):
     async def store_results(self, results: Sequence[tuple[str, bytes]], ttl: float) -> None:
         if not results:
             return
-        latest = dict(results)  # one row per task id, the last one wins
-        task_ids = list(latest)
-        payloads = [bytes(p) for p in latest.values()]
-        notices = _chunk_ids(task_ids)
+        task_ids, payloads, notices = _result_rows(results)
         sql = self._sql.store_results
         await self._db(
             "result store", lambda p: p.execute(sql, task_ids, payloads, float(ttl), self.channel, notices)
@@ -580,6 +574,13 @@ def _count(status: str) -> int:
         return int(status.rsplit(" ", 1)[-1])
     except ValueError:
         return 0
+
+
+def _result_rows(results: Sequence[tuple[str, bytes]]) -> tuple[list[str], list[bytes], list[str]]:
+    """Task ids, payloads (one per id: the last wins) and the NOTIFY payloads announcing them."""
+    latest = dict(results)
+    task_ids = list(latest)
+    return task_ids, [bytes(p) for p in latest.values()], _chunk_ids(task_ids)
 
 
 def _chunk_ids(task_ids: list[str]) -> list[str]:
@@ -690,16 +691,21 @@ class _Statements:
                 RETURNING t.id, a.token
         """
         held = "SELECT count(*)::int, array_agg(id), array_agg(token) FROM d"
-        self.ack = f"WITH d AS ({ack}) {held}, {nowait}"
-        # results first in the same statement: both commit together, or neither does
-        self.complete = f"""
-            WITH ins AS (
+
+        def upsert_results(ids: str, payloads: str, ttl: str) -> str:
+            return f"""
                 INSERT INTO {results} (task_id, payload, expires_at)
-                SELECT i, p, now() + {secs.format("$5")} FROM unnest($3::text[], $4::bytea[]) AS r(i, p)
+                SELECT i, p, now() + {secs.format(ttl)}
+                FROM unnest({ids}::text[], {payloads}::bytea[]) AS r(i, p)
                 ON CONFLICT (task_id) DO UPDATE SET payload = excluded.payload,
                     expires_at = excluded.expires_at
                 RETURNING 1
-            ), d AS ({ack}), woken AS (
+            """
+
+        self.ack = f"WITH d AS ({ack}) {held}, {nowait}"
+        # results first in the same statement: both commit together, or neither does
+        self.complete = f"""
+            WITH ins AS ({upsert_results("$3", "$4", "$5")}), d AS ({ack}), woken AS (
                 SELECT count(pg_notify($6, n)) AS n FROM unnest($7::text[]) AS n
             )
             {held}, (SELECT count(*) FROM ins) AS stored, (SELECT n FROM woken) AS woken
@@ -765,13 +771,7 @@ class _Statements:
             DELETE FROM {failed} WHERE failed_at < now() - {secs.format("$1")}
         """
         self.store_results = f"""
-            WITH ins AS (
-                INSERT INTO {results} (task_id, payload, expires_at)
-                SELECT i, p, now() + {secs.format("$3")} FROM unnest($1::text[], $2::bytea[]) AS r(i, p)
-                ON CONFLICT (task_id) DO UPDATE SET payload = excluded.payload,
-                    expires_at = excluded.expires_at
-                RETURNING 1
-            )
+            WITH ins AS ({upsert_results("$1", "$2", "$3")})
             SELECT count(*), (SELECT count(pg_notify($4, n)) FROM unnest($5::text[]) AS n) FROM ins
         """
         self.get_result = f"SELECT payload FROM {results} WHERE task_id = $1 AND expires_at > now()"
