@@ -43,6 +43,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
+DEFAULT_DISPATCH_TIMEOUT_S = 30.0
+"""How long a dispatch from sync code waits for the broker."""
+
 
 def default_task_name(target: Any) -> str:
     module = getattr(target, "__module__", None) or "__main__"
@@ -137,7 +140,7 @@ class TaskCall:
         """Enqueue the task; return its id. ``driver`` defaults to the configured one."""
         return await default_producer().dispatch(self, driver)
 
-    def dispatch_sync(self, timeout: float | None = 30.0) -> str:
+    def dispatch_sync(self, timeout: float | None = DEFAULT_DISPATCH_TIMEOUT_S) -> str:
         """Enqueue from synchronous code (a Flask view, a script) without an event loop of your
         own: the call runs on asynctasq's background loop. Returns the task id."""
         return run_sync(self.dispatch(), timeout)
@@ -293,7 +296,7 @@ class Task:
     async def dispatch(self, driver: BaseDriver | None = None) -> str:
         return await self.call().dispatch(driver)
 
-    def dispatch_sync(self, timeout: float | None = 30.0) -> str:
+    def dispatch_sync(self, timeout: float | None = DEFAULT_DISPATCH_TIMEOUT_S) -> str:
         return self.call().dispatch_sync(timeout)
 
 
@@ -492,7 +495,7 @@ def _portal() -> asyncio.AbstractEventLoop:
         return _portal_loop
 
 
-def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
+def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = DEFAULT_DISPATCH_TIMEOUT_S) -> T:
     """Run ``coro`` on asynctasq's background event loop and wait for it, from sync code."""
     try:
         asyncio.get_running_loop()

@@ -29,14 +29,12 @@ from asynctasq.core.worker import TaskContextFactory, Worker
 from asynctasq.drivers.base import validate_queue_name
 from asynctasq.errors import AsyncTasQError, ConfigError
 from asynctasq.message import Envelope
-from asynctasq.task import Producer, Task, TaskCall, run_sync
+from asynctasq.task import DEFAULT_DISPATCH_TIMEOUT_S, Producer, Task, TaskCall, run_sync
 
 if TYPE_CHECKING:
     import click
 
 T = TypeVar("T")
-DEFAULT_DISPATCH_TIMEOUT_S = 30.0
-"""How long a sync dispatch waits for the broker."""
 
 EXTENSION_KEY = "asynctasq"
 """Where an extension keeps its per-app state: ``app.extensions["asynctasq"]``."""

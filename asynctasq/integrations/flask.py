@@ -38,8 +38,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
     raise missing_framework("Flask", "flask") from exc
 
-from asynctasq.integrations.base import DEFAULT_DISPATCH_TIMEOUT_S, BaseAsyncTasQ
-from asynctasq.task import run_sync
+from asynctasq.integrations.base import BaseAsyncTasQ
+from asynctasq.task import DEFAULT_DISPATCH_TIMEOUT_S, run_sync
 
 T = TypeVar("T")
 
