@@ -323,8 +323,9 @@ async def result(task_id: str, timeout: float = 30.0, driver: BaseDriver | None 
 # -- the producer: connected drivers per event loop ----------------------------------------
 
 
-_Drivers = dict[int, "asyncio.Task[BaseDriver]"]
-"""A loop's drivers by connection index, each a task that connects it."""
+_Drivers = dict[int, "BaseDriver | asyncio.Task[BaseDriver]"]
+"""A loop's drivers by connection index: connected, or the task connecting it (a connected
+driver replaces its task, which would keep the loop alive)."""
 
 
 class Producer:
@@ -389,12 +390,17 @@ class Producer:
         pending = drivers.get(index)
         if pending is None:
             pending = drivers[index] = loop.create_task(_connect(self.connections[index]))
+        elif not isinstance(pending, asyncio.Task):
+            return pending
         try:
-            return pending.result() if pending.done() else await asyncio.shield(pending)
+            driver = await asyncio.shield(pending)
         except BaseException:
             if pending.done() and drivers.get(index) is pending:
                 del drivers[index]  # it failed: the next dispatch connects again
             raise
+        if drivers.get(index) is pending:
+            drivers[index] = driver
+        return driver
 
     async def close(self) -> None:
         """Disconnect the running loop's drivers; a later dispatch connects again."""
@@ -431,11 +437,13 @@ async def _connect(config: Config) -> BaseDriver:
 
 
 async def _disconnect(drivers: _Drivers) -> None:
-    for pending in drivers.values():
-        if not pending.done():
-            pending.cancel()
-        elif not pending.cancelled() and pending.exception() is None:
-            await pending.result().disconnect()
+    for driver in drivers.values():
+        if not isinstance(driver, asyncio.Task):
+            await driver.disconnect()
+        elif not driver.done():
+            driver.cancel()
+        elif not driver.cancelled() and driver.exception() is None:
+            await driver.result().disconnect()
 
 
 def _disconnect_soon(drivers: _Drivers) -> None:
