@@ -19,6 +19,7 @@ import importlib
 import logging
 import os
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -314,7 +315,7 @@ class AppState(Generic[AppT]):
             await self.producer.close_everywhere()
 
 
-class BaseAsyncTasQ(Generic[AppT]):
+class BaseAsyncTasQ(ABC, Generic[AppT]):
     """The extension, less the framework: ``AsyncTasQ(app)``, or ``ext = AsyncTasQ()`` then
     ``ext.init_app(app)`` in an app factory. Methods act on the current app inside an app
     context, else on the app given to the constructor.
@@ -333,17 +334,17 @@ class BaseAsyncTasQ(Generic[AppT]):
 
     # -- framework hooks ------------------------------------------------------------------
 
+    @abstractmethod
     def _current_app(self) -> AppT | None:
         """The app of the current app context, if there is one."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _app_context(self, app: AppT) -> AbstractAsyncContextManager[Any]:
         """A new app context of ``app``, entered around one task."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def _produce(self, dispatching: Coroutine[Any, Any, T]) -> T:
         """Run a producer coroutine for an async view (on the loop whose connections it uses)."""
-        raise NotImplementedError
 
     def _setup(self, app: AppT, state: AppState[AppT]) -> None:
         """Anything more ``init_app`` does for the framework."""
