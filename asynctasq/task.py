@@ -29,7 +29,7 @@ import asyncio
 import functools
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
 
 from asynctasq.config import Config, get_config
@@ -42,6 +42,9 @@ from asynctasq.serializers import get_serializer, loads_any
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+
+DEFAULT_DISPATCH_TIMEOUT_S = 30.0
+"""How long a dispatch from sync code waits for the broker."""
 
 
 def default_task_name(target: Any) -> str:
@@ -135,13 +138,9 @@ class TaskCall:
 
     async def dispatch(self, driver: BaseDriver | None = None) -> str:
         """Enqueue the task; return its id. ``driver`` defaults to the configured one."""
-        config = get_config()
-        env = self.envelope(config)
-        body = env.encode(get_serializer(config.serializer))
-        await (driver or await producer_driver()).enqueue(env.queue, body, self._delay)
-        return env.id
+        return await default_producer().dispatch(self, driver)
 
-    def dispatch_sync(self, timeout: float | None = 30.0) -> str:
+    def dispatch_sync(self, timeout: float | None = DEFAULT_DISPATCH_TIMEOUT_S) -> str:
         """Enqueue from synchronous code (a Flask view, a script) without an event loop of your
         own: the call runs on asynctasq's background loop. Returns the task id."""
         return run_sync(self.dispatch(), timeout)
@@ -297,23 +296,13 @@ class Task:
     async def dispatch(self, driver: BaseDriver | None = None) -> str:
         return await self.call().dispatch(driver)
 
-    def dispatch_sync(self, timeout: float | None = 30.0) -> str:
+    def dispatch_sync(self, timeout: float | None = DEFAULT_DISPATCH_TIMEOUT_S) -> str:
         return self.call().dispatch_sync(timeout)
 
 
 async def dispatch_many(calls: Iterable[TaskCall | Task], driver: BaseDriver | None = None) -> list[str]:
     """Enqueue many calls in one round trip where the driver can; return their ids in order."""
-    config = get_config()
-    serializer = get_serializer(config.serializer)
-    items, ids = [], []
-    for call in calls:
-        tc = call.call() if isinstance(call, Task) else call
-        env = tc.envelope(config)
-        items.append(EnqueueItem(env.queue, env.encode(serializer), tc._delay))
-        ids.append(env.id)
-    if items:
-        await (driver or await producer_driver()).enqueue_many(items)
-    return ids
+    return await default_producer().dispatch_many(calls, driver)
 
 
 async def result(task_id: str, timeout: float = 30.0, driver: BaseDriver | None = None) -> Any:
@@ -331,47 +320,173 @@ async def result(task_id: str, timeout: float = 30.0, driver: BaseDriver | None 
     raise TaskFailed(task_id, str(record.get("error", "failed")))
 
 
-# -- the producer's connection: one connected driver per event loop, from the global config --
-
-_producers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BaseDriver] = weakref.WeakKeyDictionary()
-_producer_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-    weakref.WeakKeyDictionary()
-)
+# -- the producer: connected drivers per event loop ----------------------------------------
 
 
-async def producer_driver() -> BaseDriver:
-    """The connected driver ``dispatch()`` uses in this event loop (made on first use)."""
-    loop = asyncio.get_running_loop()
-    driver = _producers.get(loop)
-    if driver is not None:
+_Drivers = dict[int, "BaseDriver | asyncio.Task[BaseDriver]"]
+"""A loop's drivers by connection index: connected, or the task connecting it (a connected
+driver replaces its task, which would keep the loop alive)."""
+
+
+class Producer:
+    """Enqueues task calls through connected drivers, one per connection and event loop (a
+    driver belongs to the loop it connected on), each connected on first use.
+
+    ``connections[0]`` gives calls their defaults (queue, attempts, timeout...) and carries
+    every queue that ``route`` does not send elsewhere: ``route(queue)`` is the index in
+    ``connections`` of the queue's connection, and may raise to refuse a queue. ``dispatch()``
+    and :func:`dispatch_many` use :func:`default_producer`, one connection on the process-wide
+    config; the Flask and Quart extensions make one over an app's per-queue connections::
+
+        producer = Producer([main, mail], route=lambda queue: 1 if queue == "email" else 0)
+        await producer.dispatch(send_welcome(7).on_queue("email"))  # enqueued on mail
+        await producer.close()
+    """
+
+    def __init__(self, connections: Sequence[Config], route: Callable[[str], int] | None = None) -> None:
+        if not connections:
+            raise ValueError("a producer needs at least one connection")
+        self.connections = list(connections)
+        self.config = self.connections[0]
+        self._route = route
+        self._serializers = [get_serializer(c.serializer) for c in self.connections]
+        self._drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Drivers] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _encode(self, call: TaskCall | Task) -> tuple[int, str, EnqueueItem]:
+        tc = call.call() if isinstance(call, Task) else call
+        env = tc.envelope(self.config)
+        index = 0 if self._route is None else self._route(env.queue)
+        return index, env.id, EnqueueItem(env.queue, env.encode(self._serializers[index]), tc._delay)
+
+    async def dispatch(self, call: TaskCall | Task, driver: BaseDriver | None = None) -> str:
+        """Enqueue ``call`` on its queue's connection (or on ``driver``); return the task id."""
+        index, task_id, item = self._encode(call)
+        await (driver or await self.driver(index)).enqueue(item.queue, item.body, item.delay)
+        return task_id
+
+    async def dispatch_many(
+        self, calls: Iterable[TaskCall | Task], driver: BaseDriver | None = None
+    ) -> list[str]:
+        """Enqueue ``calls``, one batch per connection (one in all on ``driver``); return their
+        ids in order."""
+        ids: list[str] = []
+        batches: dict[int, list[EnqueueItem]] = {}
+        for call in calls:
+            index, task_id, item = self._encode(call)
+            ids.append(task_id)
+            batches.setdefault(0 if driver is not None else index, []).append(item)
+        for index, items in batches.items():
+            await (driver or await self.driver(index)).enqueue_many(items)
+        return ids
+
+    async def driver(self, index: int = 0) -> BaseDriver:
+        """The connected driver of ``connections[index]`` in the running loop."""
+        loop = asyncio.get_running_loop()
+        drivers = self._drivers.get(loop)
+        if drivers is None:
+            drivers = self._drivers[loop] = {}
+        pending = drivers.get(index)
+        if pending is None:
+            pending = drivers[index] = loop.create_task(_connect(self.connections[index]))
+        elif not isinstance(pending, asyncio.Task):
+            return pending
+        try:
+            driver = await asyncio.shield(pending)
+        except BaseException:
+            if pending.done() and drivers.get(index) is pending:
+                del drivers[index]  # it failed: the next dispatch connects again
+            raise
+        if drivers.get(index) is pending:
+            drivers[index] = driver
         return driver
-    lock = _producer_locks.setdefault(loop, asyncio.Lock())
-    async with lock:
-        driver = _producers.get(loop)
-        if driver is None:
-            from asynctasq.core.driver_factory import DriverFactory
 
-            driver = DriverFactory.create_from_config(get_config())
-            await driver.connect()
-            _producers[loop] = driver
+    async def close(self) -> None:
+        """Disconnect the running loop's drivers; a later dispatch connects again."""
+        await _disconnect(self._drivers.pop(asyncio.get_running_loop(), {}))
+
+    async def close_everywhere(self) -> None:
+        """Disconnect the drivers of every loop: this one's directly, those of other running
+        loops (the background loop of ``dispatch_sync``) on their own loop, waiting for them."""
+        here = asyncio.get_running_loop()
+        for loop in list(self._drivers):
+            drivers = self._drivers.pop(loop, {})
+            if loop is here:
+                await _disconnect(drivers)
+            elif loop.is_running():
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_disconnect(drivers), loop))
+
+    def reset(self) -> None:
+        """Forget every driver; those of running loops disconnect there, without waiting."""
+        for loop, drivers in list(self._drivers.items()):
+            if loop.is_running():
+                loop.call_soon_threadsafe(_disconnect_soon, drivers)
+        self._drivers.clear()
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+async def _connect(config: Config) -> BaseDriver:
+    from asynctasq.core.driver_factory import DriverFactory
+
+    driver = DriverFactory.create_from_config(config)
+    await driver.connect()
     return driver
 
 
-def reset_producer() -> None:
-    """Forget the producer connections (after :func:`asynctasq.configure`); open ones close."""
-    for loop, driver in list(_producers.items()):
-        if not loop.is_closed() and loop.is_running():
-            loop.call_soon_threadsafe(_close_soon, driver)
-    _producers.clear()
+async def _disconnect(drivers: _Drivers) -> None:
+    for driver in drivers.values():
+        if not isinstance(driver, asyncio.Task):
+            await driver.disconnect()
+        elif not driver.done():
+            driver.cancel()
+        elif not driver.cancelled() and driver.exception() is None:
+            await driver.result().disconnect()
 
 
-def _close_soon(driver: BaseDriver) -> None:
-    task = asyncio.ensure_future(driver.disconnect())
+def _disconnect_soon(drivers: _Drivers) -> None:
+    task = asyncio.ensure_future(_disconnect(drivers))
     _closing.add(task)
     task.add_done_callback(_closing.discard)
 
 
-_closing: set[asyncio.Future[None]] = set()
+_default: Producer | None = None
+_default_lock = threading.Lock()
+
+
+def default_producer() -> Producer:
+    """The producer of ``call.dispatch()`` and :func:`dispatch_many`: one connection, the
+    process-wide config of :func:`asynctasq.configure`."""
+    global _default
+    producer = _default
+    if producer is None:
+        with _default_lock:
+            if _default is None:
+                _default = Producer([get_config()])
+            producer = _default
+    return producer
+
+
+async def producer_driver() -> BaseDriver:
+    """The connected driver ``dispatch()`` uses in this event loop (made on first use)."""
+    return await default_producer().driver()
+
+
+async def close_producer() -> None:
+    """Disconnect this loop's producer driver, if any."""
+    if _default is not None:
+        await _default.close()
+
+
+def reset_producer() -> None:
+    """Forget the producer connections (after :func:`asynctasq.configure`); open ones close."""
+    global _default
+    with _default_lock:
+        producer, _default = _default, None
+    if producer is not None:
+        producer.reset()
 
 
 _portal_loop: asyncio.AbstractEventLoop | None = None
@@ -388,7 +503,7 @@ def _portal() -> asyncio.AbstractEventLoop:
         return _portal_loop
 
 
-def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
+def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = DEFAULT_DISPATCH_TIMEOUT_S) -> T:
     """Run ``coro`` on asynctasq's background event loop and wait for it, from sync code."""
     try:
         asyncio.get_running_loop()
@@ -398,10 +513,3 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
         coro.close()
         raise TaskDefinitionError("dispatch_sync() called inside a running event loop: use await .dispatch()")
     return asyncio.run_coroutine_threadsafe(coro, _portal()).result(timeout)
-
-
-async def close_producer() -> None:
-    """Disconnect this loop's producer driver, if any."""
-    driver = _producers.pop(asyncio.get_running_loop(), None)
-    if driver is not None:
-        await driver.disconnect()

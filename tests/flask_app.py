@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 from typing import Any
@@ -15,6 +16,8 @@ from asynctasq.integrations.flask import AsyncTasQ
 
 DB_ENV = "TEST_ASYNCTASQ_DB"
 """The SQLite file of the app's default connection, for worker processes."""
+CONFIG_ENV = "TEST_ASYNCTASQ_APP_CONFIG"
+"""More app.config keys as a JSON object, for worker processes."""
 
 tasks = AsyncTasQ()
 TEARDOWNS: list[tuple[str | None, str | None]] = []
@@ -70,7 +73,7 @@ def create_app(**config: Any) -> Flask:
         ASYNCTASQ_RESULTS_TTL=60,
         GREETING="hello from flask",
     )
-    app.config.update(config)
+    app.config.update(json.loads(os.environ.get(CONFIG_ENV, "{}")), **config)
     tasks.init_app(app)
 
     @app.teardown_appcontext

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import os
 import re
 import signal
@@ -16,15 +17,20 @@ import pytest
 
 pytest.importorskip("flask")
 
+import click
 from flask import Flask
 
 import asynctasq
+from asynctasq.config import Config
 from asynctasq.core.driver_factory import DriverFactory
 from asynctasq.core.worker import Worker
+from asynctasq.drivers.base import EnqueueItem
+from asynctasq.drivers.sqlite import SQLiteDriver
 from asynctasq.errors import ConfigError, TaskFailed
 from asynctasq.integrations import EXTENSION_KEY, AppSettings, load_app_worker
 from tests.conftest import wait_for
 from tests.flask_app import (
+    CONFIG_ENV,
     DB_ENV,
     TEARDOWNS,
     create_app,
@@ -251,12 +257,23 @@ async def test_torn_down_on_cancel(app: Flask, how: str) -> None:
         assert await ready(app, "default") == 1  # given back
 
 
-async def test_each_queue_goes_to_its_connection(make_app: Callable[..., Flask], tmp_path: Path) -> None:
+async def test_each_queue_goes_to_its_connection(
+    make_app: Callable[..., Flask], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = make_app(ASYNCTASQ_QUEUE_CONNECTIONS={"email": str(tmp_path / "mail.db"), "priority": "email"})
+    batches: list[tuple[str, list[str]]] = []
+    enqueue_many = SQLiteDriver.enqueue_many
+
+    async def recorded(driver: SQLiteDriver, items: list[EnqueueItem]) -> None:
+        batches.append((Path(driver.path).name, [item.queue for item in items]))
+        await enqueue_many(driver, items)
+
+    monkeypatch.setattr(SQLiteDriver, "enqueue_many", recorded)
     with app.app_context():
         ids = await tasks.dispatch_many(
             [greeting("d"), greeting("e").on_queue("email"), greeting("p").on_queue("priority")]
         )
+    assert batches == [("app.db", ["default"]), ("mail.db", ["email", "priority"])]  # one per connection
     assert await ready(app, "default") == 1
     assert await ready(app, "email") == 1
     assert await ready(app, "priority") == 1
@@ -271,9 +288,10 @@ async def test_each_queue_goes_to_its_connection(make_app: Callable[..., Flask],
 # -- the CLI and --app ---------------------------------------------------------------------------
 
 
-def flask_cli(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
+def flask_cli(*args: str, db: Path, **app_config: object) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
     env[DB_ENV] = str(db)
+    env[CONFIG_ENV] = json.dumps(app_config)
     return subprocess.run(
         [sys.executable, "-m", "flask", "--app", "tests.flask_app:create_app", "asynctasq", *args],
         capture_output=True,
@@ -315,21 +333,59 @@ async def test_worker_command_stops_cleanly_on_sigterm(app: Flask, tmp_path: Pat
     assert code == 0, log_path.read_text()
 
 
-def test_worker_command_options_and_errors(tmp_path: Path) -> None:
-    out = flask_cli("worker", "--help", db=tmp_path / "x.db")
+async def test_worker_command_flags_override_the_app_config(app: Flask, tmp_path: Path) -> None:
+    with app.app_context():
+        await tasks.dispatch_many([greeting(f"flag-{n}") for n in range(3)])
+    db = tmp_path / "app.db"
+    out = await asyncio.to_thread(
+        flask_cli, "worker", "--max-tasks", "1", "--burst", db=db, ASYNCTASQ_MAX_TASKS=3
+    )
     assert out.returncode == 0, out.stderr
-    for option in (
-        "--burst",
-        "--concurrency",
-        "--max-tasks",
-        "--max-idle-time",
-        "--dequeue-strategy",
-        "--name",
-    ):
-        assert option in out.stdout
-    out = flask_cli("worker", "emial", "--burst", db=tmp_path / "x.db")
-    assert out.returncode != 0
-    assert "'emial' is not configured" in out.stderr
+    assert await ready(app, "default") == 2  # exactly one, not the app's three
+    # the app's max_tasks=3 and no burst would wait for a third task: --burst ends it
+    out = await asyncio.to_thread(flask_cli, "worker", "--burst", db=db, ASYNCTASQ_MAX_TASKS=3)
+    assert out.returncode == 0, out.stderr
+    assert await ready(app, "default") == 0
+
+
+def worker_command(app: Flask) -> click.Command:
+    group = app.cli.commands["asynctasq"]
+    assert isinstance(group, click.Group)
+    return group.commands["worker"]
+
+
+def test_worker_command_has_an_option_for_every_worker_setting(app: Flask) -> None:
+    options = {p.name: p for p in worker_command(app).params if isinstance(p, click.Option)}
+    worker_settings = [s for s in Config.settings() if s.group == "worker"]
+    assert len(worker_settings) >= 15
+    for setting in worker_settings:
+        option = options.pop(setting.name)
+        assert option.opts == [f"--{setting.flag}"], setting.name
+        assert option.help is not None and option.help.startswith(setting.help)
+        assert setting.env in option.help
+        if setting.type == "bool":
+            assert option.secondary_opts == [f"--no-{setting.flag}"]
+        if setting.choices:
+            assert isinstance(option.type, click.Choice) and tuple(option.type.choices) == setting.choices
+        assert option.multiple == (setting.type == "list[str]" and setting.name != "queues")
+    assert not options  # nothing hand-written besides
+    out = app.test_cli_runner().invoke(args=["asynctasq", "worker", "--help"])
+    assert out.exit_code == 0, out.output
+    for setting in worker_settings:
+        assert f"--{setting.flag}" in out.output
+
+
+def test_worker_command_errors(app: Flask) -> None:
+    runner = app.test_cli_runner()
+    out = runner.invoke(args=["asynctasq", "worker", "email", "emial", "--burst"])
+    assert out.exit_code == 1
+    assert "'emial' is not configured" in out.output
+    out = runner.invoke(args=["asynctasq", "worker", "--concurrency", "0"])
+    assert out.exit_code == 1
+    assert "concurrency must be at least 1" in out.output
+    out = runner.invoke(args=["asynctasq", "worker", "--dequeue-strategy", "fifo"])
+    assert out.exit_code == 2
+    assert "'fifo' is not one of" in out.output
 
 
 async def test_load_app_worker(app: Flask, tmp_path: Path) -> None:

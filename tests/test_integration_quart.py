@@ -13,9 +13,11 @@ import pytest
 
 pytest.importorskip("quart")
 
+import click
 from quart import Quart
 
 import asynctasq
+from asynctasq.config import Config
 from asynctasq.core.driver_factory import DriverFactory
 from asynctasq.core.worker import Worker
 from asynctasq.errors import ConfigError, TaskFailed
@@ -211,6 +213,13 @@ async def test_quart_asynctasq_worker_command(app: Quart, tmp_path: Path) -> Non
     assert isinstance(follow_up, str)
     assert await result_of(app, follow_up, "email") == "hello from quart"
     assert await ready(app, "default") == 1
+
+
+def test_worker_command_options_come_from_config() -> None:
+    group = create_app().cli.commands["asynctasq"]
+    assert isinstance(group, click.Group)
+    options = {p.name: p.opts for p in group.commands["worker"].params if isinstance(p, click.Option)}
+    assert options == {s.name: [f"--{s.flag}"] for s in Config.settings() if s.group == "worker"}
 
 
 async def test_load_app_worker(app: Quart, tmp_path: Path) -> None:
