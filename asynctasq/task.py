@@ -33,6 +33,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
 
 from asynctasq.config import Config, get_config
+from asynctasq.constants import DEFAULT_DISPATCH_TIMEOUT_S
 from asynctasq.drivers.base import BaseDriver, EnqueueItem, validate_queue_name
 from asynctasq.errors import ResultTimeout, TaskDefinitionError, TaskFailed
 from asynctasq.message import Envelope
@@ -43,7 +44,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
-DEFAULT_DISPATCH_TIMEOUT_S = 30.0
 """How long a dispatch from sync code waits for the broker."""
 
 

@@ -31,10 +31,20 @@ class DriverSpec:
     """Config setting -> constructor keyword, where the default ``<name>_x -> x`` does not fit."""
     service: str | None = None
     """The server the driver needs (for tests and CI), None when it needs none."""
+    connection_setting: str | None = None
+    """The Config setting a bare connection string sets (a Flask-RQ style per-queue
+    connection): the URL, DSN or path; None when the driver has none."""
 
 
 DRIVER_TABLE: tuple[DriverSpec, ...] = (
-    DriverSpec("sqlite", "asynctasq.drivers.sqlite:SQLiteDriver", None, ("sqlite",), None),
+    DriverSpec(
+        "sqlite",
+        "asynctasq.drivers.sqlite:SQLiteDriver",
+        None,
+        ("sqlite",),
+        None,
+        connection_setting="sqlite_path",
+    ),
     DriverSpec("memory", "asynctasq.drivers.memory:MemoryDriver", None, ("memory",), None),
     DriverSpec(
         "redis",
@@ -43,6 +53,7 @@ DRIVER_TABLE: tuple[DriverSpec, ...] = (
         ("redis", "rediss", "unix"),
         "url",
         service="redis",
+        connection_setting="redis_url",
     ),
     DriverSpec(
         "postgres",
@@ -51,6 +62,7 @@ DRIVER_TABLE: tuple[DriverSpec, ...] = (
         ("postgresql", "postgres"),
         "dsn",
         service="postgres",
+        connection_setting="postgres_dsn",
     ),
     DriverSpec(
         "mysql",
@@ -59,6 +71,7 @@ DRIVER_TABLE: tuple[DriverSpec, ...] = (
         ("mysql", "mariadb"),
         "dsn",
         service="mariadb",
+        connection_setting="mysql_dsn",
     ),
     DriverSpec(
         "sqs",
@@ -68,6 +81,7 @@ DRIVER_TABLE: tuple[DriverSpec, ...] = (
         None,
         keywords={"aws_access_key_id": "aws_access_key_id", "aws_secret_access_key": "aws_secret_access_key"},
         service="moto",
+        connection_setting="sqs_queue_url_prefix",
     ),
     DriverSpec(
         "rabbitmq",
@@ -76,6 +90,7 @@ DRIVER_TABLE: tuple[DriverSpec, ...] = (
         ("amqp", "amqps"),
         "url",
         service="rabbitmq",
+        connection_setting="rabbitmq_url",
     ),
 )
 DRIVERS: dict[str, DriverSpec] = {spec.name: spec for spec in DRIVER_TABLE}

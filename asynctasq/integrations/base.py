@@ -25,12 +25,14 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from asynctasq.config import Config, SettingInfo
+from asynctasq.constants import DEFAULT_DISPATCH_TIMEOUT_S
 from asynctasq.core.driver_factory import DriverFactory
 from asynctasq.core.worker import TaskContextFactory, Worker
+from asynctasq.drivers import DRIVERS
 from asynctasq.drivers.base import validate_queue_name
 from asynctasq.errors import AsyncTasQError, ConfigError
 from asynctasq.message import Envelope
-from asynctasq.task import DEFAULT_DISPATCH_TIMEOUT_S, Producer, Task, TaskCall, run_sync
+from asynctasq.task import Producer, Task, TaskCall, run_sync
 
 if TYPE_CHECKING:
     import click
@@ -44,15 +46,6 @@ QUEUE_CONNECTIONS_KEY = "ASYNCTASQ_QUEUE_CONNECTIONS"
 APP_NAMES = ("app", "application", "create_app", "make_app")
 """Tried in this order when an ``--app`` spec names only a module."""
 
-# the setting a plain string in ASYNCTASQ_QUEUE_CONNECTIONS sets, per driver
-_URL_SETTING = {
-    "sqlite": "sqlite_path",
-    "redis": "redis_url",
-    "postgres": "postgres_dsn",
-    "mysql": "mysql_dsn",
-    "rabbitmq": "rabbitmq_url",
-    "sqs": "sqs_queue_url_prefix",
-}
 _BY_NAME = {s.name: s.name for s in Config.settings()}
 _BY_KEY = {s.env: s.name for s in Config.settings()}
 
@@ -141,7 +134,7 @@ class AppSettings:
             if isinstance(value, Mapping):
                 overrides = _connection_settings(queue, value)
             elif isinstance(value, str):
-                setting = _URL_SETTING.get(self.config.driver)
+                setting = DRIVERS[self.config.driver].connection_setting
                 if setting is None:
                     raise ConfigError(
                         f"{QUEUE_CONNECTIONS_KEY}[{queue!r}]: the {self.config.driver} driver has no "

@@ -38,8 +38,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
     raise missing_framework("Flask", "flask") from exc
 
+from asynctasq.constants import DEFAULT_DISPATCH_TIMEOUT_S
 from asynctasq.integrations.base import BaseAsyncTasQ
-from asynctasq.task import DEFAULT_DISPATCH_TIMEOUT_S, run_sync
+from asynctasq.task import run_sync
 
 T = TypeVar("T")
 
