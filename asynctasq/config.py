@@ -234,6 +234,27 @@ class SettingInfo:
     group: str
     choices: tuple[str, ...] | None
 
+    @property
+    def base_type(self) -> str:
+        """The type without ``| None``: ``str``, ``int``, ``float``, ``bool`` or ``list[str]``."""
+        return self.type.replace(" ", "").removesuffix("|None")
+
+    @property
+    def repeatable(self) -> bool:
+        """A list flag given several times (``--import a --import b``); ``queues`` takes commas."""
+        return self.base_type == "list[str]" and self.name != "queues"
+
+    @property
+    def help_text(self) -> str:
+        """The help of its CLI flag: what it does, its variable, default and choices."""
+        notes = [f"env {self.env}"]
+        if self.default not in (None, "", []):
+            shown = ",".join(self.default) if isinstance(self.default, list) else self.default
+            notes.append(f"default {shown}")
+        if self.choices:
+            notes.append(f"one of {', '.join(self.choices)}")
+        return f"{self.help} ({'; '.join(notes)})"
+
 
 def env_name(setting: str) -> str:
     f = _FIELDS[setting]

@@ -200,19 +200,15 @@ def worker_options() -> list[click.Option]:
 def _click_option(setting: SettingInfo) -> click.Option:
     import click
 
-    base = setting.type.replace(" ", "").removesuffix("|None")
-    notes = [f"env {setting.env}"]
-    if setting.default not in (None, "", []):
-        shown = setting.default
-        notes.append(f"default {','.join(shown) if isinstance(shown, list) else shown}")
-    help_text = f"{setting.help} ({'; '.join(notes)})"
+    base = setting.base_type
+    help_text = setting.help_text
     name = f"--{setting.flag}"
     if base == "bool":
         return click.Option([f"{name}/--no-{setting.flag}", setting.name], default=None, help=help_text)
     kind: Any = (
         click.Choice(setting.choices) if setting.choices else {"int": int, "float": float}.get(base, str)
     )
-    repeatable = base == "list[str]" and setting.name != "queues"  # queues: comma-separated
+    repeatable = setting.repeatable
     return click.Option([name, setting.name], type=kind, multiple=repeatable, help=help_text)
 
 
