@@ -12,11 +12,23 @@ from asynctasq.drivers.base import BaseDriver
 from tests.backends import BACKENDS, cleanup, make_driver, services_required
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collectreport(report: pytest.CollectReport) -> None:
     """With ASYNCTASQ_REQUIRE_SERVICES=1 (CI), a test module skipped at import time (a missing
-    test dependency behind ``pytest.importorskip``) fails the run instead of vanishing."""
+    test dependency behind ``pytest.importorskip``) is a collection error, not a skip."""
     if report.skipped and services_required():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
+        report.longrepr = f"{report.nodeid} was skipped, but ASYNCTASQ_REQUIRE_SERVICES=1: {reason}"
+        _skipped_modules.append(report.nodeid)
+
+
+_skipped_modules: list[str] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _skipped_modules and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 async def wait_for(
