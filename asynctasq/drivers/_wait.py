@@ -24,13 +24,15 @@ from contextlib import contextmanager
 
 
 class Waiter:
-    """One blocked call; woken from any thread through its own loop."""
+    """One blocked call; woken from any thread through its own loop. ``seen`` is the driver's
+    to keep what it last saw of the broker during this wait (SQLite: ``data_version``)."""
 
-    __slots__ = ("_fut", "loop", "woken")
+    __slots__ = ("_fut", "loop", "seen", "woken")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.woken = False
+        self.seen: object = None
         self._fut: asyncio.Future[None] | None = None
 
     def wake(self) -> None:

@@ -22,8 +22,8 @@ How it works (docs/drivers/sqlite.md has the long form):
   file (the shared wake-up hub, :mod:`asynctasq.drivers._wait`), and otherwise polls
   ``PRAGMA data_version``, which moves when another connection commits: every 2 ms at first,
   backing off to 50 ms while idle. It runs the claim only when that moved or a delayed message
-  or lease falls due. The claim reads the version in the same step, so a commit that lands
-  between the claim and the first poll is seen.
+  or lease falls due. The first pause of a wait records the version and claims once more, so
+  a commit that lands between a claim and the first poll is never missed.
 """
 
 from __future__ import annotations
@@ -232,8 +232,6 @@ class SQLiteDriver(BaseDriver):
         self._next_cleanup = 0.0
         self._claim_sql: dict[int, str] = {}
         self._probe_sql: dict[int, str] = {}
-        self._seen_version: int | None = None
-        """``PRAGMA data_version`` as the last claim or result read saw it."""
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
@@ -483,9 +481,6 @@ class SQLiteDriver(BaseDriver):
                 params += (q, now, limit)
             if len(queues) > 1:
                 params.append(limit)
-            # the version first, in the same step: a commit by another process after this
-            # claim moves it, and the wait that may follow sees that
-            self._seen_version = await self._fetch_one(conn, "PRAGMA data_version")
             rows = await conn.execute_fetchall(self._claim_statement(len(queues)), params)
             return [Delivery(str(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
 
@@ -537,21 +532,23 @@ class SQLiteDriver(BaseDriver):
         return rows[0][0], (min(dues) if dues else None)
 
     async def _pause(self, waiter: Waiter, queues: Sequence[str], left: float) -> None:
-        """Until woken in-process, another process's commit (``data_version`` moved since the
-        last claim or read), a delayed message or lease falling due, or ``left`` seconds."""
+        """Until woken in-process, another process's commit (``data_version`` moved since this
+        wait last looked), a delayed message or lease falling due, or ``left`` seconds.
+
+        The first pause of a wait only reads the version and returns, so the claim runs once
+        more after it: a commit that landed between the first claim and that read is seen by
+        the second claim, every later one by the version. (The claim itself reads no version,
+        so the busy path costs nothing extra.)"""
         deadline = time.monotonic() + left
         poll = AdaptivePoll(self.poll_interval_s, self.max_poll_interval_s)
-        seen = self._seen_version
         next_due: float | None = None
         while True:
             if next_due is not None and next_due <= time.time():
                 return  # a delayed message or a lease fell due (the probe no longer lists it)
             version, next_due = await self._probe(queues)
-            if version is not None:
-                if seen is None:
-                    seen = version
-                elif version != seen:
-                    return
+            if version is not None and version != waiter.seen:
+                waiter.seen = version  # the first look, or another process committed: claim
+                return
             timeout = min(poll.next(), deadline - time.monotonic())
             if next_due is not None:
                 timeout = min(timeout, next_due - time.time())
@@ -782,7 +779,6 @@ class SQLiteDriver(BaseDriver):
 
     async def _read_result(self, task_id: str) -> bytes | None:
         async def op(conn: aiosqlite.Connection) -> Any:
-            self._seen_version = await self._fetch_one(conn, "PRAGMA data_version")
             return await self._fetch_one(
                 conn, "SELECT body FROM results WHERE task_id = ? AND expires_at > ?", (task_id, time.time())
             )
