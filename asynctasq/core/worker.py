@@ -11,7 +11,9 @@ task's outcome is not recorded here: another worker has it, and the task counts 
 Suspects: a delivery with ``delivery_count > 1`` was held before by a worker that died or lost
 its lease, perhaps killed by this very task. It runs alone: the worker lets what is in flight
 finish, runs the suspect with nothing beside it and fetches nothing meanwhile, so a task that
-kills its worker process can only use up its own attempts, never those of its neighbours.
+kills its worker process can only use up its own attempts, never those of its neighbours. A
+worker holds one suspect at a time; more suspects in one fetch are given back at once (which
+costs them no attempt) for this or another worker to run alone.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import socket
 import time
 import traceback
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
@@ -207,7 +208,7 @@ class Worker:
 
         self._running: dict[Delivery, _Running] = {}
         self._held: set[Delivery] = set()  # every lease we hold: see the module docstring
-        self._suspects: deque[Delivery] = deque()  # redelivered: each waits to run alone
+        self._suspect: Delivery | None = None  # redelivered: waits to run alone
         self._isolated = False  # a suspect runs: nothing else is fetched
         self._acks: list[Delivery] = []
         self._results: list[tuple[str, bytes]] = []
@@ -382,14 +383,15 @@ class Worker:
         idle_since = loop.time()
         failures = 0
         while not self._stop.is_set():
-            if self._suspects or self._isolated:
+            if self._suspect is not None or self._isolated:
                 # a suspect runs alone: let the others finish, then run it, fetching nothing
                 if self._running:
                     await self._wait_for_slot()
                     continue
-                self._isolated = bool(self._suspects)
-                if self._isolated:
-                    self._start(self._suspects.popleft())
+                suspect, self._suspect = self._suspect, None
+                self._isolated = suspect is not None
+                if suspect is not None:
+                    self._start(suspect)
                     continue
             free = self.concurrency - len(self._running)
             if self.max_tasks is not None:
@@ -420,11 +422,17 @@ class Worker:
                     await self._give_back(deliveries)
                     return
                 self._fetched += len(deliveries)
+                others: list[Delivery] = []
                 for delivery in deliveries:
-                    if delivery.delivery_count > 1:
-                        self._suspects.append(delivery)
-                    else:
+                    if delivery.delivery_count == 1:
                         self._start(delivery)
+                    elif self._suspect is None:
+                        self._suspect = delivery
+                    else:
+                        others.append(delivery)
+                if others:  # one suspect at a time: a poison pill must find nothing else here
+                    self._fetched -= len(others)
+                    await self._give_back(others)
                 self.state = "busy"
                 continue
             if not self._running:
@@ -465,10 +473,9 @@ class Worker:
     async def _drain(self) -> None:
         """Let running tasks finish: without limit after a natural end (burst, max_tasks, idle),
         up to ``shutdown_timeout`` after a stop request; then cancel and give back the rest."""
-        if self._suspects:  # fetched, not started: back at once
-            suspects = list(self._suspects)
-            self._suspects.clear()
-            await self._give_back(suspects)
+        if self._suspect is not None:  # fetched, not started: back at once
+            suspect, self._suspect = self._suspect, None
+            await self._give_back([suspect])
         while self._running and not self._force.is_set():
             timeout = None
             if self._stop.is_set():
