@@ -25,3 +25,12 @@ async def poison(after: float) -> None:
     with open(os.environ["ASYNCTASQ_TEST_MARKS"] + ".poison", "a") as f:
         f.write(f"{os.getpid()}\n")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task(max_attempts=3)
+async def nap(seconds: float) -> str:
+    """Mark the start in $ASYNCTASQ_TEST_MARKS, then sleep ``seconds``."""
+    with open(os.environ["ASYNCTASQ_TEST_MARKS"], "a") as f:
+        f.write("started\n")
+    await asyncio.sleep(seconds)
+    return "rested"
