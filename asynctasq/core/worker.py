@@ -30,7 +30,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -423,9 +423,11 @@ class Worker:
                     return
                 self._fetched += len(deliveries)
                 others: list[Delivery] = []
+                running, run, create_task = self._running, self._run, loop.create_task
                 for delivery in deliveries:
-                    if delivery.delivery_count == 1:
-                        self._start(delivery)
+                    if delivery.delivery_count == 1:  # as _start(delivery), inlined: the hot path
+                        record = running[delivery] = _Running(delivery)
+                        record.task = create_task(run(record))
                     elif self._suspect is None:
                         self._suspect = delivery
                     else:
@@ -453,17 +455,17 @@ class Worker:
         running = self._running[delivery] = _Running(delivery)
         running.task = asyncio.get_running_loop().create_task(self._run(running))
 
-    def _let_go(self, delivery: Delivery) -> bool:
-        """This delivery is no longer ours: stop extending it. False if it already was not."""
-        try:
-            self._held.remove(delivery)
-        except KeyError:
-            return False
-        return True
+    def _let_go(self, deliveries: Iterable[Delivery]) -> int:
+        """These deliveries are no longer ours: never extend them again. Returns how many were
+        still ours (0: the broker had taken it back, or it was let go already)."""
+        held = self._held
+        before = len(held)
+        held.difference_update(deliveries)
+        return before - len(held)
 
     async def _give_back(self, deliveries: Sequence[Delivery]) -> None:
         for d in deliveries:
-            if not self._let_go(d):
+            if not self._let_go((d,)):
                 continue
             try:
                 await self.driver.release(d)
@@ -587,7 +589,7 @@ class Worker:
             log.exception(
                 "recording the outcome of %s failed; it will run again after its lease", delivery.id
             )
-            self._let_go(delivery)
+            self._let_go((delivery,))
         finally:
             self.processed += 1
             self.working_time_s += time.monotonic() - started
@@ -646,7 +648,7 @@ class Worker:
             )
             await self._fail(delivery, env, error)
             return
-        if not self._let_go(delivery):
+        if not self._let_go((delivery,)):
             self.lost += 1
             return
         delay = self._backoff(env, attempt) if delay is None else max(0.0, delay)
@@ -681,7 +683,7 @@ class Worker:
             return env.encode(get_serializer(fallback))
 
     async def _fail(self, delivery: Delivery, env: Envelope | None, error: str) -> None:
-        if not self._let_go(delivery):
+        if not self._let_go((delivery,)):
             self.lost += 1
             return
         if not await self.driver.fail(delivery, error):
@@ -716,7 +718,7 @@ class Worker:
             return
         self._acks, self._results = [], []
         held = self._held
-        if not all(d in held for d in acks):  # the broker took some back: not ours to ack
+        if not held.issuperset(acks):  # the broker took some back: not ours to ack
             ours = [d for d in acks if d in held]
             self.lost += len(acks) - len(ours)
             acks = ours
@@ -732,8 +734,7 @@ class Worker:
             raise
         finally:
             self._acking = ()
-        for d in acks:
-            self._let_go(d)
+        self._let_go(acks)  # the lease loop leaves an ack batch in flight alone
         self.succeeded += len(kept)
         if len(kept) != len(acks):
             self.lost += len(acks) - len(kept)
@@ -791,9 +792,8 @@ class Worker:
         still = {(d.id, d.token) for d in kept}
         acking = set(self._acking)
         lost = [d for d in held if (d.id, d.token) not in still and d not in acking and d in self._held]
-        for d in lost:
-            self._let_go(d)
         if lost:
+            self._let_go(lost)
             log.warning(
                 "%d lease(s) were lost (the broker took them back); another worker runs those tasks "
                 "again, their outcome here will not be recorded",
