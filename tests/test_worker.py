@@ -796,3 +796,30 @@ async def test_the_worker_writes_results_and_retries_in_its_own_format(driver: M
     await make_worker(driver, serializer="json", burst=True).start()
     raw = await driver.get_result(task_id, wait=1)
     assert raw is not None and raw.startswith(b"{")
+
+
+@task
+async def probe_alone(key: str) -> None:
+    global running_now
+    running_now += 1
+    events.append((key, running_now))
+    await asyncio.sleep(0.05)
+    events.append((key, running_now))
+    running_now -= 1
+
+
+async def test_a_redelivered_task_runs_alone() -> None:
+    ns = "s" + uuid.uuid4().hex[:8]
+    driver = MemoryDriver(namespace=ns, lease_seconds=0.1)
+    try:
+        await probe_alone("suspect").dispatch(driver)
+        assert len(await driver.dequeue(["default"], 1, wait=1)) == 1  # its worker "dies"
+        await asyncio.sleep(0.15)
+        await asynctasq.dispatch_many([measured() for _ in range(12)], driver=driver)
+        worker = make_worker(driver, concurrency=5, burst=True)
+        await asyncio.wait_for(worker.start(), 10)
+        assert worker.succeeded == 13
+        assert [seen for key, seen in events if key == "suspect"] == [1, 1], "nothing runs beside it"
+        assert running_max == 5, "the others still run side by side"
+    finally:
+        MemoryDriver.reset(ns)
