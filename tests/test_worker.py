@@ -823,3 +823,41 @@ async def test_a_redelivered_task_runs_alone() -> None:
         assert running_max == 5, "the others still run side by side"
     finally:
         MemoryDriver.reset(ns)
+
+
+class WatchfulDriver(MemoryDriver):
+    """Notes extends of deliveries already given back; its acks take ``ack_s`` seconds."""
+
+    ack_s = 0.4
+    released: set[str]
+    extended_after_release: list[str]
+
+    async def _release(self, delivery: Delivery, delay: float, body: bytes | None) -> bool:
+        self.released.add(delivery.token)
+        return await super()._release(delivery, delay, body)
+
+    async def _extend(self, deliveries: Sequence[Delivery], seconds: float) -> list[Delivery]:
+        self.extended_after_release += [d.token for d in deliveries if d.token in self.released]
+        return await super()._extend(deliveries, seconds)
+
+    async def _ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        await asyncio.sleep(self.ack_s)
+        return await super()._ack(deliveries)
+
+
+async def test_the_lease_loop_never_extends_a_delivery_given_back() -> None:
+    ns = "g" + uuid.uuid4().hex[:8]
+    driver = WatchfulDriver(namespace=ns, lease_seconds=0.15)
+    driver.released, driver.extended_after_release = set(), []
+    try:
+        await wait_for_gate("held").dispatch(driver)
+        await record("quick").dispatch(driver)
+        worker = make_worker(driver, shutdown_timeout=30)
+        runner = asyncio.create_task(worker.start())
+        await wait_for(lambda: "quick" in events and ("start", "held") in events)
+        worker.stop(force=True)  # "held" is given back while the ack of "quick" is on its way
+        await asyncio.wait_for(runner, 10)
+        assert driver.released, "the running task was given back"
+        assert driver.extended_after_release == []
+    finally:
+        MemoryDriver.reset(ns)
