@@ -861,3 +861,20 @@ async def test_the_lease_loop_never_extends_a_delivery_given_back() -> None:
         assert driver.extended_after_release == []
     finally:
         MemoryDriver.reset(ns)
+
+
+async def test_a_failing_startup_hook_stops_the_start_and_skips_shutdown_hooks(driver: MemoryDriver) -> None:
+    hook_calls.clear()
+
+    async def broken(worker: Worker) -> None:
+        raise RuntimeError("no database")
+
+    def plain(worker: Worker) -> None:
+        hook_calls.append("plain")
+
+    await record("never").dispatch(driver)
+    worker = make_worker(driver, burst=True, on_startup=[plain, broken], on_shutdown=[shutdown_hook])
+    with pytest.raises(RuntimeError, match="no database"):
+        await worker.start()
+    assert hook_calls == ["plain"] and events == [] and worker.state == "stopped"
+    assert (await driver.stats(["default"]))["default"]["ready"] == 1

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import contextvars
 import importlib
+import inspect
 import logging
 import os
 import random
@@ -77,8 +78,9 @@ comes back sees work resume within a second."""
 
 TaskContextFactory = Callable[[Envelope], AbstractAsyncContextManager[Any]]
 """Called for every task with its envelope; the task runs inside the returned context."""
-Hook = Callable[["Worker"], Awaitable[Any]]
-"""``async def hook(worker)``: run once when the worker starts or after it stopped."""
+Hook = Callable[["Worker"], Awaitable[Any] | Any]
+"""``async def hook(worker)`` (a plain function works too): run once when the worker starts or
+after it stopped."""
 
 _STOPPED = "stopped by request"
 _SHUTDOWN = "worker shutting down"
@@ -297,7 +299,7 @@ class Worker:
         try:
             await self._start_pool()
             for hook in self.on_startup:
-                await hook(self)
+                await _call_hook(hook, self)
             started = True
             self._background = [
                 loop.create_task(self._flush_loop(), name="asynctasq-ack-flush"),
@@ -323,7 +325,7 @@ class Worker:
                 await self._shutdown_background()
                 if started:
                     for hook in self.on_shutdown:
-                        await hook(self)
+                        await _call_hook(hook, self)
             finally:
                 for sig in installed:
                     loop.remove_signal_handler(sig)
@@ -899,6 +901,12 @@ def _hooks(given: Sequence[Hook | str] | Hook | str | None, setting: str) -> lis
             raise ConfigError(f"{setting}: {item!r} is not callable; give async functions hook(worker)")
         hooks.append(item)
     return hooks
+
+
+async def _call_hook(hook: Hook, worker: Worker) -> None:
+    outcome = hook(worker)
+    if inspect.isawaitable(outcome):  # a plain function works too
+        await outcome
 
 
 def _import_hook(path: str, setting: str) -> Hook:
