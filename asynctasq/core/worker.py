@@ -427,7 +427,7 @@ class Worker:
                 others: list[Delivery] = []
                 running, run, create_task = self._running, self._run, loop.create_task
                 for delivery in deliveries:
-                    if delivery.delivery_count == 1:  # as _start(delivery), inlined: the hot path
+                    if delivery.delivery_count <= 1:  # as _start(delivery), inlined: the hot path
                         record = running[delivery] = _Running(delivery)
                         record.task = create_task(run(record))
                     elif self._suspect is None:
