@@ -11,6 +11,7 @@
 """
 
 from asynctasq.config import Config, configure, get_config
+from asynctasq.context import current_task
 from asynctasq.core.driver_factory import DriverFactory, connect
 from asynctasq.core.worker import Worker
 from asynctasq.drivers.base import BaseDriver, Delivery
@@ -46,6 +47,7 @@ __all__ = [
     "__version__",
     "configure",
     "connect",
+    "current_task",
     "dispatch_many",
     "get_config",
     "result",

@@ -262,13 +262,20 @@ def _dispatch(
         raise _fail(f"--args and --kwargs take JSON ({exc})", 2) from None
     if not isinstance(parsed_args, list) or not isinstance(parsed_kwargs, dict):
         raise _fail("--args takes a JSON list and --kwargs a JSON object", 2)
+    if queue is not None:
+        from asynctasq.drivers.base import validate_queue_name
+
+        try:
+            validate_queue_name(queue)  # --queue '' is an error, not the task's default queue
+        except AsyncTasQError as exc:
+            raise _fail(f"--queue: {exc}", 2) from None
 
     async def main(driver: Any) -> str:
         import asynctasq
 
         asynctasq.configure(config)
         call = TaskCall(definition, tuple(parsed_args), parsed_kwargs)
-        if queue:
+        if queue is not None:
             call.on_queue(queue)
         return await call.delay(delay).dispatch(driver)
 
@@ -385,11 +392,21 @@ def migrate(*, flags: dict[str, Any]) -> None:
     from asynctasq.core.driver_factory import DriverFactory
 
     driver = DriverFactory.create_from_config(config)
-    run_migrations = getattr(driver, "migrate", None)
-    if run_migrations is None:
-        typer.echo(f"the {config.driver} driver has no schema to migrate")
+
+    async def main() -> list[str] | str:
+        try:
+            return await driver.migrate()  # opens what it needs
+        except UnsupportedOperation as exc:
+            if driver.supports("migrations"):
+                raise
+            return str(exc)  # nothing to migrate is not an error
+        finally:
+            await driver.disconnect()
+
+    applied = _run(main())
+    if isinstance(applied, str):
+        typer.echo(applied)
         return
-    applied: list[str] = _run(run_migrations())
     typer.echo("\n".join(applied) if applied else f"{config.driver}: schema is up to date")
 
 

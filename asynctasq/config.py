@@ -116,6 +116,16 @@ class Config:
         "Recycle a pool process, after its current task, once its RSS passes this many MB.",
         group="worker",
     )
+    on_startup: list[str] = _setting(
+        (),
+        "Async function hook(worker) awaited before the first task, as module:function (repeatable).",
+        group="worker",
+    )
+    on_shutdown: list[str] = _setting(
+        (),
+        "Async function hook(worker) awaited after the last task, as module:function (repeatable).",
+        group="worker",
+    )
     log_level: str = _setting(
         c.DEFAULT_LOG_LEVEL,
         "Logging level.",

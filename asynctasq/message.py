@@ -75,13 +75,19 @@ class Envelope:
                 "upgrade asynctasq on the workers"
             )
         try:
-            args = raw.get("args") or []
-            kwargs = raw.get("kwargs") or {}
+            args = raw.get("args", [])
+            kwargs = raw.get("kwargs", {})
             timeout = raw.get("timeout")
+            if type(args) is not list:
+                if type(args) is not tuple:  # a string would run as one argument per character
+                    raise TypeError(f"args must be a list, not {type(args).__name__}")
+                args = list(args)
+            if type(kwargs) is not dict:
+                raise TypeError(f"kwargs must be a map, not {type(kwargs).__name__}")
             env = cls(
                 task=raw["task"],
-                args=args if type(args) is list else list(args),
-                kwargs=kwargs if type(kwargs) is dict else dict(kwargs),
+                args=args,
+                kwargs=kwargs,
                 queue=raw.get("queue") or "default",
                 id=raw["id"],
                 attempt=_as(int, raw.get("attempt", 1)),

@@ -53,6 +53,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import IO, Any
 
+from asynctasq.context import TaskInfo
 from asynctasq.errors import (
     ConfigError,
     ProcessLost,
@@ -224,9 +225,16 @@ class ProcessPool:
             self._release(child)
 
     async def run(
-        self, task_name: str, args: Sequence[Any], kwargs: dict[str, Any], timeout: float | None
+        self,
+        task_name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        *,
+        context: TaskInfo | None = None,
     ) -> Any:
         """Run the registered task ``task_name`` in a child; return its value or raise its error.
+        ``context`` is what :func:`asynctasq.current_task` returns in the child.
 
         Raises :class:`TaskTimeout` past ``timeout`` seconds and :class:`ProcessLost` when the child
         dies, having replaced the child; :class:`SerializationError` when an argument or the return
@@ -234,7 +242,7 @@ class ProcessPool:
         """
         if self._state != "running":
             raise ProcessPoolError(f"the process pool is {self._state}: it takes no tasks")
-        payload = _encode_request(task_name, args, kwargs)
+        payload = _encode_request(task_name, args, kwargs, context)
         child = await self._acquire()
         if self._state != "running":  # closed while this call waited; close() stops the child
             raise ProcessPoolError(f"the process pool is {self._state}: it takes no tasks")
@@ -701,9 +709,11 @@ def _explain(where: str, value: Any, exc: Exception) -> str:
     )
 
 
-def _encode_request(task_name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> bytes:
+def _encode_request(
+    task_name: str, args: Sequence[Any], kwargs: dict[str, Any], context: TaskInfo | None = None
+) -> bytes:
     try:
-        return pickle.dumps((task_name, args, kwargs), _PICKLE_PROTOCOL)
+        return pickle.dumps((task_name, args, kwargs, context), _PICKLE_PROTOCOL)
     except Exception as exc:
         found = None
         for i, arg in enumerate(args):
@@ -786,18 +796,23 @@ def _serve(inbox: IO[bytes], out: int, measure_rss: bool) -> None:
 
 
 def _run_one(payload: bytes, loop: asyncio.AbstractEventLoop) -> tuple[int, bytes]:
+    from asynctasq.context import _current
     from asynctasq.registry import registry
 
     try:
-        name, args, kwargs = pickle.loads(payload)
+        name, args, kwargs, context = pickle.loads(payload)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         return _BAD_ARGS, f"{type(exc).__name__}: {exc}".encode()
+    token = _current.set(context) if context is not None else None
     try:
         result = registry.resolve(name).invoke(args, kwargs)
         if inspect.isawaitable(result):
             result = loop.run_until_complete(_await(result))
     except BaseException as exc:  # noqa: BLE001 - SystemExit included: the child serves on
         return _RAISED, _encode_exception(exc)
+    finally:
+        if token is not None:
+            _current.reset(token)
     try:
         return _OK, pickle.dumps(result, _PICKLE_PROTOCOL)
     except Exception as exc:  # noqa: BLE001

@@ -39,7 +39,9 @@ class TaskDefinition:
         return self.target(*args, **kwargs)
 
 
-class Registry:
+class TaskRegistry:
+    """Registered tasks by name (the worker and the worker registry are other things)."""
+
     def __init__(self) -> None:
         self._tasks: dict[str, TaskDefinition] = {}
 
@@ -80,5 +82,5 @@ def is_async_callable(func: Any) -> bool:
     return inspect.iscoroutinefunction(func)
 
 
-registry = Registry()
+registry = TaskRegistry()
 """The process-wide registry that ``@task`` and ``Task`` subclasses add themselves to."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 from asynctasq import task
 
@@ -26,3 +27,11 @@ async def mark(key: str, seconds: float) -> str:
     with open(os.environ["ASYNCTASQ_TEST_MARKS"], "a") as f:
         f.write(key + "\n")
     return key
+
+
+async def announce_start(worker: Any) -> None:
+    print(f"hook: {worker.name} starting", flush=True)
+
+
+async def announce_stop(worker: Any) -> None:
+    print(f"hook: {worker.name} stopped after {worker.processed}", flush=True)

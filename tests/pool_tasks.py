@@ -165,3 +165,20 @@ def pid_on_attempt(marker_dir: str) -> int:
 @task
 async def async_noop() -> None:
     return None
+
+
+@task(process=True)
+def who_runs_me() -> list[Any]:
+    from asynctasq import current_task
+
+    me = current_task()
+    return [me.id, me.name, me.queue, me.attempt, me.max_attempts, me.enqueued_at, os.getpid()]
+
+
+@task(process=True)
+async def who_runs_me_async() -> list[Any]:
+    from asynctasq import current_task
+
+    await asyncio.sleep(0)
+    me = current_task()
+    return [me.id, me.name, me.attempt]

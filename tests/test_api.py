@@ -35,6 +35,7 @@ EXPECTED = {
     "__version__",
     "configure",
     "connect",
+    "current_task",
     "dispatch_many",
     "get_config",
     "result",

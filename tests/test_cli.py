@@ -98,6 +98,11 @@ def test_queues_as_arguments_and_max_tasks(db: dict[str, str]) -> None:
         (["worker", "--queues", "bad queue;drop"], "invalid queue name"),
         (["dispatch", "billing.charge"], "unknown task 'billing.charge'"),
         (["dispatch", "tests.cli_tasks.add", "--args", "{", "--import", "tests.cli_tasks"], "JSON"),
+        (["dispatch", "tests.cli_tasks.add", "--queue", "", "--import", "tests.cli_tasks"], "an empty name"),
+        (
+            ["dispatch", "tests.cli_tasks.add", "-q", "a b", "--import", "tests.cli_tasks"],
+            "invalid queue name",
+        ),
         (["worker", "--driver", "redis", "--redis-url", "redis://:sekret@127.0.0.1:1"], "127.0.0.1:1"),
     ],
 )
@@ -204,3 +209,37 @@ async def test_info_shutdown_and_stop_task_reach_a_running_worker(tmp_path: Path
             worker.kill()
             worker.wait()
     assert not marks.exists(), "the stopped task must not have finished"
+
+
+@pytest.mark.parametrize("driver", ["memory", "sqlite"])
+def test_migrate_on_a_driver_without_migrations_says_so_and_exits_zero(
+    db: dict[str, str], driver: str
+) -> None:
+    out = cli("migrate", "--driver", driver, env=db)
+    assert out.returncode == 0, out.stderr
+    assert f"the {driver} driver does not support schema migrations" in out.stdout
+
+
+def test_worker_hooks_from_flags_and_environment(db: dict[str, str]) -> None:
+    assert (
+        cli(
+            "dispatch", "tests.cli_tasks.add", "--args", "[1, 2]", "--import", "tests.cli_tasks", env=db
+        ).returncode
+        == 0
+    )
+    env = {**db, "ASYNCTASQ_ON_SHUTDOWN": "tests.cli_tasks:announce_stop"}
+    out = cli(
+        "worker",
+        "--burst",
+        "--name",
+        "hooked",
+        "--import",
+        "tests.cli_tasks",
+        "--on-startup",
+        "tests.cli_tasks:announce_start",
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["hook: hooked starting", "add 1+2=3", "hook: hooked stopped after 1"]
+    out = cli("worker", "--burst", "--on-startup", "tests.cli_tasks.announce_start", env=db)
+    assert out.returncode != 0 and "use module:function" in out.stderr

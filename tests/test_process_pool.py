@@ -576,3 +576,14 @@ def test_the_docs_example_runs_as_written(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "4 digests"
+
+
+async def test_current_task_in_process_tasks(pool_driver: BaseDriver) -> None:
+    first = await pool_tasks.who_runs_me().on_queue("cpu").max_attempts(5).dispatch(pool_driver)
+    second = await pool_tasks.who_runs_me_async().dispatch(pool_driver)
+    async with running(pool_worker(pool_driver, queues=["default", "cpu"])):
+        seen = await asynctasq.result(first, timeout=30, driver=pool_driver)
+        other = await asynctasq.result(second, timeout=30, driver=pool_driver)
+    assert seen[:5] == [first, pool_tasks.who_runs_me.name, "cpu", 1, 5]
+    assert seen[5] <= time.time() and seen[6] != os.getpid()
+    assert other == [second, pool_tasks.who_runs_me_async.name, 1]

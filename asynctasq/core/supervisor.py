@@ -5,6 +5,10 @@ restarts a child that dies (a crash, SIGKILL, out of memory) after a short backo
 SIGTERM/SIGINT on to every child: the children stop gracefully and the supervisor exits 0 once
 they have. A child that ends by itself with exit code 0 (burst, max tasks, idle time) is not
 restarted; the supervisor returns when none is left.
+
+Names: with a worker name (``--name X`` among the arguments, or ``ASYNCTASQ_NAME``), the
+children are named ``X-1`` ... ``X-N`` (a restarted child keeps its number), so the worker
+registry tells them apart.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
+from asynctasq.config import env_name
+
 log = logging.getLogger("asynctasq.supervisor")
 
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
@@ -26,11 +32,30 @@ HEALTHY_AFTER_S = 30.0
 """A child that ran this long before dying starts again without backoff."""
 
 
+NAME_FLAG = "--name"
+
+
+def split_name(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The value of ``--name`` in ``args`` (the last one given), and the other arguments."""
+    name, rest = None, []
+    items = iter(args)
+    for arg in items:
+        if arg == NAME_FLAG:
+            name = next(items, None)
+        elif arg.startswith(NAME_FLAG + "="):
+            name = arg.partition("=")[2]
+        else:
+            rest.append(arg)
+    return name, rest
+
+
 class Supervisor:
     def __init__(self, worker_args: Sequence[str], processes: int) -> None:
         if processes < 1:
             raise ValueError("processes must be at least 1")
-        self.worker_args = list(worker_args)
+        flag_name, self.worker_args = split_name(worker_args)
+        self.name_variable = env_name("worker_name")
+        self.name = flag_name or os.environ.get(self.name_variable) or None
         self.processes = processes
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.started_at: dict[int, float] = {}
@@ -40,9 +65,8 @@ class Supervisor:
 
     def _spawn(self, slot: int) -> None:
         env = dict(os.environ)
-        name = env.get("ASYNCTASQ_NAME")
-        if name:
-            env["ASYNCTASQ_NAME"] = f"{name}-{slot}"
+        if self.name:
+            env[self.name_variable] = f"{self.name}-{slot}"
         child = subprocess.Popen([sys.executable, "-m", "asynctasq", "worker", *self.worker_args], env=env)
         self.children[slot] = child
         self.started_at[slot] = time.monotonic()
@@ -58,7 +82,7 @@ class Supervisor:
         """Supervise until the children are done; the exit code for the supervisor."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            for slot in range(self.processes):
+            for slot in range(1, self.processes + 1):
                 self._spawn(slot)
             while self.children or self.restart_at:
                 time.sleep(POLL_INTERVAL_S)

@@ -1,6 +1,19 @@
 """The worker: fetch loop, concurrency, leases, retries, results and shutdown.
 
 Everything a task's life needs beyond moving bytes lives here, once, for every driver.
+
+Leases: every delivery the worker holds (running, waiting to run in isolation, or finished and
+waiting for its ack) is in ``_held`` and extended by the lease loop. :meth:`Worker._let_go`
+is the one place a delivery stops being ours: before a retry, a failure or a give-back is
+sent, after its ack batch returned, and when the broker refused to extend its lease (then the
+task's outcome is not recorded here: another worker has it, and the task counts as lost).
+
+Suspects: a delivery with ``delivery_count > 1`` was held before by a worker that died or lost
+its lease, perhaps killed by this very task. It runs alone: the worker lets what is in flight
+finish, runs the suspect with nothing beside it and fetches nothing meanwhile, so a task that
+kills its worker process can only use up its own attempts, never those of its neighbours. A
+worker holds one suspect at a time; more suspects in one fetch are given back at once (which
+costs them no attempt) for this or another worker to run alone.
 """
 
 from __future__ import annotations
@@ -8,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import importlib
+import inspect
 import logging
 import os
 import random
@@ -16,10 +31,21 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
+from asynctasq.constants import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DEQUEUE_STRATEGY,
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    DEFAULT_MAX_RETRY_DELAY_S,
+    DEFAULT_QUEUE,
+    DEFAULT_RESULTS_TTL_S,
+    DEFAULT_SERIALIZER,
+    DEFAULT_SHUTDOWN_TIMEOUT_S,
+)
+from asynctasq.context import _current, info_of
 from asynctasq.drivers.base import BaseDriver, Delivery, WorkerInfo, validate_queue_name
 from asynctasq.errors import (
     ConfigError,
@@ -31,9 +57,9 @@ from asynctasq.errors import (
     UnknownTaskError,
 )
 from asynctasq.message import Envelope
-from asynctasq.registry import Registry, TaskDefinition
+from asynctasq.registry import TaskDefinition, TaskRegistry
 from asynctasq.registry import registry as default_registry
-from asynctasq.serializers import BaseSerializer, MsgpackSerializer
+from asynctasq.serializers import BaseSerializer, get_serializer
 from asynctasq.utils import systemd
 
 if TYPE_CHECKING:
@@ -42,32 +68,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("asynctasq.worker")
 
-DEFAULT_CONCURRENCY = 10
-DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
-DEFAULT_HEARTBEAT_INTERVAL_S = 10.0
-DEFAULT_RESULTS_TTL_S = 500.0
-DEFAULT_MAX_RETRY_DELAY_S = 3600.0
 FETCH_WAIT_S = 0.5
 """Longest blocking dequeue; bounds how long a stop waits for an outstanding fetch."""
 COMMAND_POLL_INTERVAL_S = 1.0
 DRAIN_FLUSH_TIMEOUT_S = 10.0
-DRIVER_ERROR_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+DRIVER_ERROR_BACKOFF_S = (0.1, 0.2, 0.5, 1.0)
+"""Pauses after failed fetches and ack batches; drivers reconnect on their own, so a broker that
+comes back sees work resume within a second."""
 
 TaskContextFactory = Callable[[Envelope], AbstractAsyncContextManager[Any]]
 """Called for every task with its envelope; the task runs inside the returned context."""
+Hook = Callable[["Worker"], Awaitable[Any] | Any]
+"""``async def hook(worker)`` (a plain function works too): run once when the worker starts or
+after it stopped."""
 
 _STOPPED = "stopped by request"
 _SHUTDOWN = "worker shutting down"
 
 
 class _Running:
-    __slots__ = ("delivery", "envelope", "reason", "started", "task")
+    __slots__ = ("delivery", "envelope", "reason", "task")
 
-    def __init__(self, delivery: Delivery, task: asyncio.Task[None]) -> None:
+    def __init__(self, delivery: Delivery) -> None:
         self.delivery = delivery
-        self.task = task
+        self.task: asyncio.Task[None] | None = None
         self.envelope: Envelope | None = None
-        self.started = time.monotonic()
         self.reason: str | None = None  # why it was cancelled, if it was
 
 
@@ -79,8 +104,11 @@ class Worker:
         queues: queue names in priority order.
         concurrency: most tasks in flight at once; fetches ask only for free slots.
         max_tasks: take exactly this many tasks, finish them, then return.
-        serializer: how results are encoded (tasks are decoded in whatever format they came).
-        worker_id: the name in the worker registry (default ``host.pid.random``).
+        serializer: the format this worker writes (results and retried messages), a serializer
+            or its name; messages are read in whatever format they came (pickle only with
+            ``accept_pickle``).
+        name: the name in the worker registry and logs (default ``host.pid.random``);
+            ``worker_id`` is accepted as another spelling of it.
         heartbeat_interval: seconds between worker-registry heartbeats.
         process_pool_size / process_pool_max_tasks_per_child / process_pool_max_memory_per_child_mb:
             the pool for ``process=True`` tasks (started with the worker when such tasks are
@@ -95,7 +123,9 @@ class Worker:
         accept_pickle: accept pickled messages (only with brokers nobody untrusted can write to).
         task_context: ``f(envelope) -> async context manager`` every task runs inside
             (app contexts, DB sessions, tracing).
-        registry: where task names resolve (default: the global one).
+        task_registry: where task names resolve (default: the global one).
+        on_startup / on_shutdown: async callables ``hook(worker)``, or ``"module:function"``
+            import paths, awaited in order before the first fetch / after the last task ended.
         install_signal_handlers: handle SIGTERM/SIGINT (main thread only).
         imports / sys_path: modules the process pool's children import.
     """
@@ -103,24 +133,27 @@ class Worker:
     def __init__(
         self,
         queue_driver: BaseDriver,
-        queues: Sequence[str] = ("default",),
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
         concurrency: int = DEFAULT_CONCURRENCY,
         max_tasks: int | None = None,
-        serializer: BaseSerializer | None = None,
-        worker_id: str | None = None,
+        serializer: BaseSerializer | str = DEFAULT_SERIALIZER,
+        name: str | None = None,
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_S,
         process_pool_size: int | None = None,
         process_pool_max_tasks_per_child: int | None = None,
         burst: bool = False,
         max_idle_time: float | None = None,
-        dequeue_strategy: str = "round_robin",
+        dequeue_strategy: str = DEFAULT_DEQUEUE_STRATEGY,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
         *,
+        worker_id: str | None = None,
         results_ttl: float = DEFAULT_RESULTS_TTL_S,
         max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY_S,
         accept_pickle: bool = False,
         task_context: TaskContextFactory | None = None,
-        registry: Registry | None = None,
+        task_registry: TaskRegistry | None = None,
+        on_startup: Sequence[Hook | str] | Hook | str | None = None,
+        on_shutdown: Sequence[Hook | str] | Hook | str | None = None,
         install_signal_handlers: bool = True,
         imports: Sequence[str] = (),
         sys_path: Sequence[str] = (),
@@ -138,12 +171,14 @@ class Worker:
             raise ConfigError(
                 f"unknown dequeue strategy {dequeue_strategy!r}: use round_robin, priority or random"
             )
+        if name is not None and worker_id is not None and name != worker_id:
+            raise ConfigError(f"name={name!r} and worker_id={worker_id!r} disagree: give only name")
         self.driver = queue_driver
         self.queues = [validate_queue_name(q) for q in queues]
         self.concurrency = concurrency
         self.max_tasks = max_tasks
-        self.serializer = serializer or MsgpackSerializer()
-        self.name = worker_id or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+        self.serializer = get_serializer(serializer) if isinstance(serializer, str) else serializer
+        self.name = name or worker_id or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self.heartbeat_interval = heartbeat_interval
         self.burst = burst
         self.max_idle_time = max_idle_time
@@ -153,7 +188,9 @@ class Worker:
         self.max_retry_delay = max_retry_delay
         self.accept_pickle = accept_pickle
         self.task_context = task_context
-        self.registry = registry or default_registry
+        self.task_registry = task_registry or default_registry
+        self.on_startup = _hooks(on_startup, "on_startup")
+        self.on_shutdown = _hooks(on_shutdown, "on_shutdown")
         self.install_signal_handlers = install_signal_handlers
         self.process_pool_size = process_pool_size
         self.process_pool_max_tasks_per_child = process_pool_max_tasks_per_child
@@ -165,14 +202,19 @@ class Worker:
         self.succeeded = 0
         self.failed = 0
         self.retried = 0
+        self.lost = 0
+        """Tasks whose lease the broker took back before their outcome was recorded here."""
         self.working_time_s = 0.0
         self.started_at = 0.0
         self.state = "created"
 
-        self._running: dict[str, _Running] = {}  # delivery id -> running task
-        self._held: dict[str, Delivery] = {}  # every lease we hold: running or awaiting ack
+        self._running: dict[Delivery, _Running] = {}
+        self._held: set[Delivery] = set()  # every lease we hold: see the module docstring
+        self._suspect: Delivery | None = None  # redelivered: waits to run alone
+        self._isolated = False  # a suspect runs: nothing else is fetched
         self._acks: list[Delivery] = []
         self._results: list[tuple[str, bytes]] = []
+        self._acking: Sequence[Delivery] = ()  # the ack batch on its way to the broker
         self._flush_wanted = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
@@ -193,7 +235,8 @@ class Worker:
             queues=config.queues,
             concurrency=config.concurrency,
             max_tasks=config.max_tasks,
-            worker_id=config.worker_name,
+            serializer=config.serializer,
+            name=config.worker_name,
             heartbeat_interval=config.heartbeat_interval,
             process_pool_size=config.process_pool_size,
             process_pool_max_tasks_per_child=config.process_pool_max_tasks_per_child,
@@ -205,9 +248,13 @@ class Worker:
             results_ttl=config.results_ttl,
             max_retry_delay=config.max_retry_delay,
             accept_pickle=config.serializer == "pickle",
+            on_startup=config.on_startup,
+            on_shutdown=config.on_shutdown,
             imports=config.imports,
             sys_path=config.path,
         )
+        if "worker_id" in overrides:  # the other spelling of name
+            settings["name"] = overrides.pop("worker_id")
         settings.update(overrides)
         return cls(driver, **settings)
 
@@ -248,8 +295,12 @@ class Worker:
         self.started_at = time.time()
         self.state = "starting"
         installed = self._install_signals(loop)
+        started = False
         try:
             await self._start_pool()
+            for hook in self.on_startup:
+                await _call_hook(hook, self)
+            started = True
             self._background = [
                 loop.create_task(self._flush_loop(), name="asynctasq-ack-flush"),
                 loop.create_task(self._lease_loop(), name="asynctasq-leases"),
@@ -270,18 +321,24 @@ class Worker:
             self.state = "stopping"
             await self._drain()
         finally:
-            await self._shutdown_background()
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-            self.state = "stopped"
-            log.info(
-                "worker %s stopped: %d processed, %d succeeded, %d failed, %d retried",
-                self.name,
-                self.processed,
-                self.succeeded,
-                self.failed,
-                self.retried,
-            )
+            try:
+                await self._shutdown_background()
+                if started:
+                    for hook in self.on_shutdown:
+                        await _call_hook(hook, self)
+            finally:
+                for sig in installed:
+                    loop.remove_signal_handler(sig)
+                self.state = "stopped"
+                log.info(
+                    "worker %s stopped: %d processed, %d succeeded, %d failed, %d retried, %d lost",
+                    self.name,
+                    self.processed,
+                    self.succeeded,
+                    self.failed,
+                    self.retried,
+                    self.lost,
+                )
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         if not self.install_signal_handlers:
@@ -319,11 +376,25 @@ class Worker:
         self._rr_offset = (offset + 1) % len(queues)
         return queues[offset:] + queues[:offset]
 
+    async def _wait_for_slot(self) -> None:
+        self._slot_freed.clear()
+        await self._slot_freed.wait()
+
     async def _fetch_loop(self) -> None:
         loop = asyncio.get_running_loop()
         idle_since = loop.time()
         failures = 0
         while not self._stop.is_set():
+            if self._suspect is not None or self._isolated:
+                # a suspect runs alone: let the others finish, then run it, fetching nothing
+                if self._running:
+                    await self._wait_for_slot()
+                    continue
+                suspect, self._suspect = self._suspect, None
+                self._isolated = suspect is not None
+                if suspect is not None:
+                    self._start(suspect)
+                    continue
             free = self.concurrency - len(self._running)
             if self.max_tasks is not None:
                 free = min(free, self.max_tasks - self._fetched)
@@ -331,8 +402,7 @@ class Worker:
                     log.info("max tasks (%d) reached", self.max_tasks)
                     return
             if free <= 0:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
+                await self._wait_for_slot()
                 continue
             wait = 0.0 if self.burst else FETCH_WAIT_S
             if self.max_idle_time is not None and not self._running:
@@ -341,7 +411,7 @@ class Worker:
                 deliveries = await self.driver.dequeue(self._queue_order(), free, wait)
                 failures = 0
             except (DriverError, OSError, ConnectionError) as exc:
-                delay = DRIVER_ERROR_BACKOFF_S[min(failures, len(DRIVER_ERROR_BACKOFF_S) - 1)]
+                delay = _backoff_after(failures)
                 failures += 1
                 log.error("fetching from %s failed (%s); retrying in %ss", self.driver.describe(), exc, delay)
                 with contextlib.suppress(TimeoutError):
@@ -349,14 +419,24 @@ class Worker:
                 continue
             if deliveries:
                 idle_since = loop.time()
+                self._held.update(deliveries)
                 if self._stop.is_set():
                     await self._give_back(deliveries)
                     return
                 self._fetched += len(deliveries)
+                others: list[Delivery] = []
+                running, run, create_task = self._running, self._run, loop.create_task
                 for delivery in deliveries:
-                    self._held[delivery.id] = delivery
-                    task = loop.create_task(self._run(delivery))
-                    self._running[delivery.id] = _Running(delivery, task)
+                    if delivery.delivery_count <= 1:  # as _start(delivery), inlined: the hot path
+                        record = running[delivery] = _Running(delivery)
+                        record.task = create_task(run(record))
+                    elif self._suspect is None:
+                        self._suspect = delivery
+                    else:
+                        others.append(delivery)
+                if others:  # one suspect at a time: a poison pill must find nothing else here
+                    self._fetched -= len(others)
+                    await self._give_back(others)
                 self.state = "busy"
                 continue
             if not self._running:
@@ -369,11 +449,26 @@ class Worker:
                     return
             elif self.burst:
                 # the queues are empty but tasks run: wait for one to end (it may retry)
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
+                await self._wait_for_slot()
+
+    def _start(self, delivery: Delivery) -> None:
+        # registered before the coroutine can run: under an eager task factory it starts (and
+        # may finish) inside create_task
+        running = self._running[delivery] = _Running(delivery)
+        running.task = asyncio.get_running_loop().create_task(self._run(running))
+
+    def _let_go(self, deliveries: Iterable[Delivery]) -> int:
+        """These deliveries are no longer ours: never extend them again. Returns how many were
+        still ours (0: the broker had taken it back, or it was let go already)."""
+        held = self._held
+        before = len(held)
+        held.difference_update(deliveries)
+        return before - len(held)
 
     async def _give_back(self, deliveries: Sequence[Delivery]) -> None:
         for d in deliveries:
+            if not self._let_go((d,)):
+                continue
             try:
                 await self.driver.release(d)
             except Exception as exc:  # noqa: BLE001 - the lease expires and it comes back anyway
@@ -382,6 +477,9 @@ class Worker:
     async def _drain(self) -> None:
         """Let running tasks finish: without limit after a natural end (burst, max_tasks, idle),
         up to ``shutdown_timeout`` after a stop request; then cancel and give back the rest."""
+        if self._suspect is not None:  # fetched, not started: back at once
+            suspect, self._suspect = self._suspect, None
+            await self._give_back([suspect])
         while self._running and not self._force.is_set():
             timeout = None
             if self._stop.is_set():
@@ -389,7 +487,7 @@ class Worker:
                 if timeout <= 0:
                     break
             waiters = [
-                asyncio.ensure_future(asyncio.wait([r.task for r in self._running.values()])),
+                asyncio.ensure_future(asyncio.wait([r.task for r in self._running.values() if r.task])),
                 asyncio.ensure_future(self._force.wait()),
             ]
             if not self._stop.is_set():
@@ -404,7 +502,7 @@ class Worker:
             log.warning("giving back %d task(s) that did not finish in time", len(leftover))
             for r in leftover:
                 self._cancel(r, _SHUTDOWN)
-            await asyncio.gather(*(r.task for r in leftover), return_exceptions=True)
+            await asyncio.gather(*(r.task for r in leftover if r.task), return_exceptions=True)
         self._closing = True
         self._flush_wanted.set()
         flusher = self._background[0] if self._background else None
@@ -416,12 +514,13 @@ class Worker:
     def _cancel(self, running: _Running, reason: str) -> None:
         if running.reason is None:
             running.reason = reason
-        running.task.cancel()
+        if running.task is not None:
+            running.task.cancel()
 
     # -- running one task ------------------------------------------------------------------
 
-    async def _run(self, delivery: Delivery) -> None:
-        running = self._running[delivery.id]
+    async def _run(self, running: _Running) -> None:
+        delivery = running.delivery
         started = time.monotonic()
         try:
             try:
@@ -431,7 +530,9 @@ class Worker:
                 await self._fail(delivery, None, f"SerializationError: {exc}")
                 return
             running.envelope = env
-            attempt = env.attempt + delivery.delivery_count - 1
+            if delivery.delivery_count > 1:  # earlier deliveries were lost: each was an attempt
+                env.attempt += delivery.delivery_count - 1
+            attempt = env.attempt
             if attempt > env.max_attempts:
                 await self._fail(
                     delivery,
@@ -440,14 +541,24 @@ class Worker:
                     f"died or lost its lease (lease {self.driver.lease_seconds}s)",
                 )
                 return
-            definition = self.registry.get(env.task)
+            definition = self.task_registry.get(env.task)
             if definition is None:
                 try:
-                    self.registry.resolve(env.task)
+                    self.task_registry.resolve(env.task)
                 except UnknownTaskError as exc:
                     log.error("%s", exc)
                     await self._fail(delivery, env, f"UnknownTaskError: {exc}")
                 return
+            if definition.process and self._pool is None:
+                error = (
+                    f"ConfigError: task {env.task!r} has process=True but this worker has no process "
+                    "pool: import its module before the worker starts (--import), so the pool starts "
+                    "with the worker"
+                )
+                log.error("%s", error)
+                await self._fail(delivery, env, error)
+                return
+            _current.set(env)
             try:
                 value = await self._execute(definition, env)
             except asyncio.CancelledError:
@@ -464,9 +575,11 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - the task's own failure, recorded
                 await self._retry(delivery, env, attempt, exc, None)
                 return
-            self.succeeded += 1
             if self._debug:
                 log.debug("task %s %s succeeded in %.4fs", env.task, env.id, time.monotonic() - started)
+            if delivery not in self._held:
+                self.lost += 1  # its lease went to another worker, which runs it again
+                return
             if self._store_results:
                 self._results.append((env.id, self._encode_result({"status": "ok", "value": value})))
             self._acks.append(delivery)
@@ -478,19 +591,18 @@ class Worker:
             log.exception(
                 "recording the outcome of %s failed; it will run again after its lease", delivery.id
             )
-            self._held.pop(delivery.id, None)
+            self._let_go((delivery,))
         finally:
             self.processed += 1
             self.working_time_s += time.monotonic() - started
-            del self._running[delivery.id]
+            del self._running[delivery]
             self._slot_freed.set()
 
     async def _execute(self, definition: TaskDefinition, env: Envelope) -> Any:
         timeout = env.timeout
         if definition.process:
-            if self._pool is None:
-                raise RuntimeError(f"task {env.task!r} has process=True but this worker has no process pool")
-            return await self._pool.run(env.task, env.args, env.kwargs, timeout)
+            assert self._pool is not None  # checked by _run
+            return await self._pool.run(env.task, env.args, env.kwargs, timeout, context=info_of(env))
         if self.task_context is None:
             return await self._call(definition, env, timeout)
         async with self.task_context(env):
@@ -508,7 +620,7 @@ class Worker:
                     raise TaskTimeout(f"timed out after {timeout}s") from None
                 raise
         loop = asyncio.get_running_loop()
-        # the thread sees the task's context variables (an app context pushed by task_context)
+        # the thread sees the task's context variables (current_task(), an app context...)
         context = contextvars.copy_context()
         future = loop.run_in_executor(None, context.run, definition.invoke, env.args, env.kwargs)
         if timeout is None:
@@ -538,6 +650,9 @@ class Worker:
             )
             await self._fail(delivery, env, error)
             return
+        if not self._let_go((delivery,)):
+            self.lost += 1
+            return
         delay = self._backoff(env, attempt) if delay is None else max(0.0, delay)
         env.attempt = attempt + 1
         log.warning(
@@ -549,31 +664,35 @@ class Worker:
             type(exc).__name__,
             delay,
         )
-        self.retried += 1
-        self._held.pop(delivery.id, None)
-        if not await self.driver.release(delivery, delay, body=env.encode(self._body_serializer(delivery))):
+        if await self.driver.release(delivery, delay, body=self._encode_retry(env, delivery)):
+            self.retried += 1
+        else:
+            self.lost += 1
             log.warning(
                 "task %s %s: lease lost before the retry was recorded; another worker has it",
                 env.task,
                 env.id,
             )
 
-    def _body_serializer(self, delivery: Delivery) -> BaseSerializer:
-        from asynctasq.serializers import get_serializer
-
-        first = delivery.body[:1]
-        if first == b"{":
-            return get_serializer("json")
-        if first == b"\x80" and self.accept_pickle:
-            return get_serializer("pickle")
-        return get_serializer("msgpack")
+    def _encode_retry(self, env: Envelope, delivery: Delivery) -> bytes:
+        """The retried message, in this worker's format; in the one it came in when that cannot
+        carry its arguments (a pickled message's objects)."""
+        try:
+            return env.encode(self.serializer)
+        except SerializationError:
+            first = delivery.body[:1]
+            fallback = "json" if first == b"{" else "pickle" if first == b"\x80" else "msgpack"
+            return env.encode(get_serializer(fallback))
 
     async def _fail(self, delivery: Delivery, env: Envelope | None, error: str) -> None:
-        self.failed += 1
-        self._held.pop(delivery.id, None)
+        if not self._let_go((delivery,)):
+            self.lost += 1
+            return
         if not await self.driver.fail(delivery, error):
+            self.lost += 1
             log.warning("message %s: lease lost before the failure was recorded", delivery.id)
             return
+        self.failed += 1
         if env is not None and self._store_results:
             self._results.append((env.id, self._encode_result({"status": "failed", "error": error})))
             self._flush_wanted.set()
@@ -594,20 +713,38 @@ class Worker:
     # -- background loops ----------------------------------------------------------------
 
     async def _flush(self) -> None:
-        acks, self._acks = self._acks, []
-        results, self._results = self._results, []
-        if acks:
-            for d in acks:
-                self._held.pop(d.id, None)
-            done = len(await self.driver.ack(acks))
-            if done != len(acks):
-                log.warning(
-                    "%d of %d acks came too late (lease lost); those tasks may run again",
-                    len(acks) - done,
-                    len(acks),
-                )
-        if results:
-            await self.driver.store_results(results, self.results_ttl)
+        """Store results and ack finished tasks, in one call; on an error the batch goes back
+        and the caller retries it (its leases are still extended meanwhile)."""
+        acks, results = self._acks, self._results
+        if not (acks or results):
+            return
+        self._acks, self._results = [], []
+        held = self._held
+        if not held.issuperset(acks):  # the broker took some back: not ours to ack
+            ours = [d for d in acks if d in held]
+            self.lost += len(acks) - len(ours)
+            acks = ours
+        self._acking = acks
+        try:
+            if results:
+                kept = await self.driver.complete(acks, results, self.results_ttl)
+            else:
+                kept = await self.driver.ack(acks)
+        except BaseException:
+            self._acks[:0] = acks
+            self._results[:0] = results
+            raise
+        finally:
+            self._acking = ()
+        self._let_go(acks)  # the lease loop leaves an ack batch in flight alone
+        self.succeeded += len(kept)
+        if len(kept) != len(acks):
+            self.lost += len(acks) - len(kept)
+            log.warning(
+                "%d of %d acks came too late (lease lost); those tasks may run again",
+                len(acks) - len(kept),
+                len(acks),
+            )
 
     async def _flush_loop(self) -> None:
         """Ack finished tasks in batches; ends, with nothing left to flush, once closing."""
@@ -618,12 +755,15 @@ class Worker:
             try:
                 await self._flush()
                 failures = 0
-            except Exception as exc:  # noqa: BLE001 - keep the worker alive; leases cover us
-                delay = DRIVER_ERROR_BACKOFF_S[min(failures, len(DRIVER_ERROR_BACKOFF_S) - 1)]
+            except Exception as exc:  # noqa: BLE001 - keep the batch; the leases cover us meanwhile
+                delay = _backoff_after(failures)
                 failures += 1
-                log.error("acknowledging tasks failed (%s); retrying in %ss", exc, delay)
-                if self._closing and failures > 3:
-                    return
+                log.error(
+                    "acknowledging %d finished task(s) failed (%s); retrying in %ss",
+                    len(self._acks),
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 self._flush_wanted.set()
                 continue
@@ -635,18 +775,32 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             systemd.notify("WATCHDOG=1")
-            held = list(self._held.values())
-            if not held:
+            if not self._held:
                 continue
+            held = list(self._held)
             try:
-                kept = len(await self.driver.extend(held, self.driver.lease_seconds))
+                kept = await self.driver.extend(held, self.driver.lease_seconds)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - next beat tries again
                 log.error("extending %d lease(s) failed: %s", len(held), exc)
                 continue
-            if kept < len(held):
-                log.warning("%d lease(s) were lost; those tasks may run again elsewhere", len(held) - kept)
+            if len(kept) < len(held):
+                self._refused(held, kept)
+
+    def _refused(self, held: Sequence[Delivery], kept: Sequence[Delivery]) -> None:
+        """The broker would not extend some leases: those acked meanwhile (or being acked) are
+        fine; the others are lost, and never extended again."""
+        still = {(d.id, d.token) for d in kept}
+        acking = set(self._acking)
+        lost = [d for d in held if (d.id, d.token) not in still and d not in acking and d in self._held]
+        if lost:
+            self._let_go(lost)
+            log.warning(
+                "%d lease(s) were lost (the broker took them back); another worker runs those tasks "
+                "again, their outcome here will not be recorded",
+                len(lost),
+            )
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -697,7 +851,9 @@ class Worker:
             log.warning("ignoring unknown command %r", command)
 
     async def _start_pool(self) -> None:
-        process_tasks = [d for d in (self.registry.get(n) for n in self.registry.names()) if d and d.process]
+        process_tasks = [
+            d for d in (self.task_registry.get(n) for n in self.task_registry.names()) if d and d.process
+        ]
         if not process_tasks:
             return
         try:
@@ -726,6 +882,47 @@ class Worker:
         if self._pool is not None:
             await self._pool.close(timeout=0)
             self._pool = None
+
+
+def _backoff_after(failures: int) -> float:
+    return DRIVER_ERROR_BACKOFF_S[min(failures, len(DRIVER_ERROR_BACKOFF_S) - 1)]
+
+
+def _hooks(given: Sequence[Hook | str] | Hook | str | None, setting: str) -> list[Hook]:
+    """Hooks from callables or ``module:function`` import paths."""
+    if given is None:
+        return []
+    items = [given] if isinstance(given, str) or callable(given) else list(given)
+    hooks: list[Hook] = []
+    for item in items:
+        if isinstance(item, str):
+            item = _import_hook(item, setting)
+        if not callable(item):
+            raise ConfigError(f"{setting}: {item!r} is not callable; give async functions hook(worker)")
+        hooks.append(item)
+    return hooks
+
+
+async def _call_hook(hook: Hook, worker: Worker) -> None:
+    outcome = hook(worker)
+    if inspect.isawaitable(outcome):  # a plain function works too
+        await outcome
+
+
+def _import_hook(path: str, setting: str) -> Hook:
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"{setting}={path!r}: use module:function, e.g. myapp.hooks:open_pool")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{setting}={path!r}: cannot import {module_name!r} ({exc}); check --path"
+        ) from None
+    hook = getattr(module, attribute, None)
+    if hook is None:
+        raise ConfigError(f"{setting}={path!r}: module {module_name!r} has no {attribute!r}")
+    return hook  # type: ignore[no-any-return]
 
 
 def _describe(exc: BaseException) -> str:
