@@ -16,6 +16,7 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 
 from asynctasq.config import Config, SettingInfo
+from asynctasq.drivers import DRIVER_NAMES, DRIVER_TABLE
 from asynctasq.errors import AsyncTasQError, UnsupportedOperation
 
 app = typer.Typer(
@@ -30,31 +31,14 @@ failed_app = typer.Typer(help="List, requeue or purge tasks in the failed regist
 app.add_typer(failed_app, name="failed")
 
 F = TypeVar("F", bound=Callable[..., Any])
-_PANELS = {
-    "general": "Tasks",
-    "worker": "Worker",
-    "sqlite": "SQLite",
-    "redis": "Redis",
-    "postgres": "PostgreSQL",
-    "mysql": "MySQL",
-    "sqs": "SQS",
-    "rabbitmq": "RabbitMQ",
-}
+_PANELS = {"general": "Tasks", "worker": "Worker", **{d.name: d.display_name for d in DRIVER_TABLE}}
 _SCALARS: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": bool}
 
 
 def _option(setting: SettingInfo) -> inspect.Parameter:
-    base = setting.type.replace(" ", "").removesuffix("|None")
-    repeatable = base == "list[str]" and setting.name != "queues"
-    py_type: Any = list[str] if repeatable else _SCALARS.get(base, str)
-    default = setting.default
-    shown = ",".join(default) if isinstance(default, list) else default
-    details = f"env {setting.env}"
-    if shown not in (None, "", []):
-        details += f"; default {shown}"
-    if setting.choices:
-        details += f"; one of {', '.join(setting.choices)}"
-    help_text = f"{setting.help} ({details})"
+    base = setting.base_type
+    py_type: Any = list[str] if setting.repeatable else _SCALARS.get(base, str)
+    help_text = setting.help_text
     if base == "bool":
         decl = [f"--{setting.flag}/--no-{setting.flag}"]
     else:
@@ -71,7 +55,7 @@ def _option(setting: SettingInfo) -> inspect.Parameter:
 def with_settings(*groups: str) -> Callable[[F], F]:
     """Add a ``--x-y`` option for every Config setting in ``groups`` (all driver groups always);
     the command receives them collected as ``flags``: only those given on the command line."""
-    wanted = set(groups) | {"sqlite", "redis", "postgres", "mysql", "sqs", "rabbitmq"}
+    wanted = set(groups) | set(DRIVER_NAMES)
 
     def decorate(func: F) -> F:
         sig = inspect.signature(func, eval_str=True)

@@ -34,6 +34,12 @@ class DriverSpec:
     connection_setting: str | None = None
     """The Config setting a bare connection string sets (a Flask-RQ style per-queue
     connection): the URL, DSN or path; None when the driver has none."""
+    title: str = ""
+    """How docs and ``--help`` name it (default: the name)."""
+
+    @property
+    def display_name(self) -> str:
+        return self.title or self.name
 
 
 DRIVER_TABLE: tuple[DriverSpec, ...] = (
@@ -44,8 +50,9 @@ DRIVER_TABLE: tuple[DriverSpec, ...] = (
         ("sqlite",),
         None,
         connection_setting="sqlite_path",
+        title="SQLite",
     ),
-    DriverSpec("memory", "asynctasq.drivers.memory:MemoryDriver", None, ("memory",), None),
+    DriverSpec("memory", "asynctasq.drivers.memory:MemoryDriver", None, ("memory",), None, title="memory"),
     DriverSpec(
         "redis",
         "asynctasq.drivers.redis:RedisDriver",
@@ -54,6 +61,7 @@ DRIVER_TABLE: tuple[DriverSpec, ...] = (
         "url",
         service="redis",
         connection_setting="redis_url",
+        title="Redis",
     ),
     DriverSpec(
         "postgres",
@@ -63,6 +71,7 @@ DRIVER_TABLE: tuple[DriverSpec, ...] = (
         "dsn",
         service="postgres",
         connection_setting="postgres_dsn",
+        title="PostgreSQL",
     ),
     DriverSpec(
         "mysql",
@@ -72,6 +81,7 @@ DRIVER_TABLE: tuple[DriverSpec, ...] = (
         "dsn",
         service="mariadb",
         connection_setting="mysql_dsn",
+        title="MySQL/MariaDB",
     ),
     DriverSpec(
         "sqs",
@@ -82,6 +92,7 @@ DRIVER_TABLE: tuple[DriverSpec, ...] = (
         keywords={"aws_access_key_id": "aws_access_key_id", "aws_secret_access_key": "aws_secret_access_key"},
         service="moto",
         connection_setting="sqs_queue_url_prefix",
+        title="SQS",
     ),
     DriverSpec(
         "rabbitmq",
@@ -91,6 +102,7 @@ DRIVER_TABLE: tuple[DriverSpec, ...] = (
         "url",
         service="rabbitmq",
         connection_setting="rabbitmq_url",
+        title="RabbitMQ",
     ),
 )
 DRIVERS: dict[str, DriverSpec] = {spec.name: spec for spec in DRIVER_TABLE}
