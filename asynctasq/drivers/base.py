@@ -263,8 +263,9 @@ class BaseDriver(ABC):
         names = list(dict.fromkeys(validate_queue_name(q) for q in queues))
         if limit <= 0 or not names:
             return []
-        if wait <= 0:
-            return await self._claim(names, limit)
+        got = await self._claim(names, limit)
+        if got or wait <= 0:
+            return got  # the busy path: no waiter to register
         return await self._wait_for(
             lambda: self._claim(names, limit), [queue_key(q) for q in names], names, wait
         )
