@@ -57,7 +57,7 @@ from asynctasq.drivers.base import (
     WorkerInfo,
     validate_queue_name,
 )
-from asynctasq.errors import BrokerError, BrokerUnavailable, ConfigError, DriverError, DriverNotAvailable
+from asynctasq.errors import BrokerError, ConfigError, DriverError, DriverNotAvailable
 from asynctasq.utils.urls import redact_url
 
 try:
@@ -279,15 +279,15 @@ class RedisDriver(BaseDriver):
         replies become :class:`BrokerError`."""
         try:
             return await self._reconnect.run(op)
-        except BrokerUnavailable:
-            raise
         except RedisError as exc:
-            reason = one_line(exc, self._client.endpoint.password)
-            raise BrokerError(
-                f"{self._reconnect.where} answered with an error ({reason})"
-                f": check that it is Redis 6.2 or newer and that only asynctasq writes the keys under "
-                f"{{{self.prefix}"
-            ) from None
+            raise self._broker_error(exc) from None
+
+    def _broker_error(self, exc: RedisError) -> BrokerError:
+        reason = one_line(exc, self._client.endpoint.password)
+        return BrokerError(
+            f"{self._reconnect.where} answered with an error ({reason}): check that it is Redis 6.2 "
+            f"or newer and that only asynctasq writes the keys under {{{self.prefix}"
+        )
 
     async def _one_now(self, packed: bytes) -> Any:
         self._check_connected()
@@ -315,13 +315,24 @@ class RedisDriver(BaseDriver):
         self._check_connected()
         return await self._client.blocking(packed, block_s)
 
-    def _one(self, packed: bytes) -> Awaitable[Any]:
-        """One command, one round trip."""
-        return self._run(lambda: self._one_now(packed))
+    async def _one(self, packed: bytes) -> Any:
+        """One command, one round trip. The first try skips the reconnect machinery (the hot
+        path); a lost connection goes on under :meth:`_run`."""
+        try:
+            return await self._one_now(packed)
+        except RETRYABLE:
+            return await self._run(lambda: self._one_now(packed))
+        except RedisError as exc:
+            raise self._broker_error(exc) from None
 
-    def _many(self, commands: Sequence[bytes]) -> Awaitable[list[Any]]:
-        """Commands in one write, one round trip."""
-        return self._run(lambda: self._many_now(commands))
+    async def _many(self, commands: Sequence[bytes]) -> list[Any]:
+        """Commands in one write, one round trip (tried as :meth:`_one`)."""
+        try:
+            return await self._many_now(commands)
+        except RETRYABLE:
+            return await self._run(lambda: self._many_now(commands))
+        except RedisError as exc:
+            raise self._broker_error(exc) from None
 
     def _keys(self, queue: str) -> _QueueKeys:
         keys = self._queue_keys.get(queue)
