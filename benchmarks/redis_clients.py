@@ -48,8 +48,9 @@ def _keys(prefix: str) -> dict[str, tuple[str, ...]]:
     }
 
 
-async def _drain(call: Call, prefix: str, n: int) -> float:
-    """Enqueue ``n`` messages, then claim + ack them in batches; the drain's messages/s."""
+async def _drain(call: Call, prefix: str, n: int) -> tuple[float, float]:
+    """Enqueue ``n`` messages, then claim + ack them in batches; the drain's messages/s and the
+    client process's CPU µs per message (steadier than wall time on a shared machine)."""
     keys = _keys(prefix)
     for start in range(0, n, 500):
         args: list[Any] = []
@@ -58,7 +59,7 @@ async def _drain(call: Call, prefix: str, n: int) -> float:
         await call(lua.ENQUEUE, keys["enqueue"], args)
     done = 0
     base = uuid.uuid4().hex[:8]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     while done < n:
         res = await call(lua.CLAIM, keys["claim"], [BATCH, 30_000, f"{base}{done}"])
         pairs: list[Any] = []
@@ -68,10 +69,10 @@ async def _drain(call: Call, prefix: str, n: int) -> float:
         if stale:
             raise SystemExit(f"the ack script refused {len(stale)} fresh leases")
         done += len(pairs) // 2
-    return n / (time.perf_counter() - started)
+    return n / (time.perf_counter() - started), (time.process_time() - cpu) / n * 1e6
 
 
-async def _ours(url: str, prefix: str, n: int) -> float:
+async def _ours(url: str, prefix: str, n: int) -> tuple[float, float]:
     from asynctasq.drivers._resp import RespClient, parse_url
 
     client = RespClient(parse_url(url))
@@ -88,7 +89,7 @@ async def _ours(url: str, prefix: str, n: int) -> float:
         client.close()
 
 
-async def _redis_py(url: str, prefix: str, n: int) -> float:
+async def _redis_py(url: str, prefix: str, n: int) -> tuple[float, float]:
     import redis.asyncio as aioredis
     from redis.utils import HIREDIS_AVAILABLE
 
@@ -107,7 +108,7 @@ async def _redis_py(url: str, prefix: str, n: int) -> float:
         await client.aclose()
 
 
-async def _coredis(url: str, prefix: str, n: int) -> float:
+async def _coredis(url: str, prefix: str, n: int) -> tuple[float, float]:
     import coredis
 
     async with coredis.Redis.from_url(url) as client:
@@ -136,7 +137,7 @@ def _one(client: str, url: str, n: int) -> None:
     prefix = "bench-clients-" + uuid.uuid4().hex[:8]
     run = {"asynctasq-resp": _ours, "redis-py": _redis_py, "coredis": _coredis}[client]
 
-    async def main() -> float:
+    async def main() -> tuple[float, float]:
         try:
             return await run(url, prefix, n)
         finally:
@@ -145,10 +146,10 @@ def _one(client: str, url: str, n: int) -> None:
     try:
         import uvloop
 
-        rate = uvloop.run(main())
+        rate, cpu_us = uvloop.run(main())
     except ImportError:
-        rate = asyncio.run(main())
-    print(json.dumps({"client": client, "drain_per_s": rate}), flush=True)
+        rate, cpu_us = asyncio.run(main())
+    print(json.dumps({"client": client, "drain_per_s": rate, "cpu_us_per_msg": cpu_us}), flush=True)
 
 
 def _child(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -159,10 +160,10 @@ def _child(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]
     return result
 
 
-def _summary(values: list[float]) -> str:
+def _summary(values: list[float], fmt: str = ",.0f") -> str:
     if not values:
         return "-"
-    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
 
 def main() -> None:
@@ -179,6 +180,7 @@ def main() -> None:
         _one(args.client, args.url, args.n)
         return
     rates: dict[str, list[float]] = {c: [] for c in [*CLIENTS, "harness"]}
+    cpu: dict[str, list[float]] = {c: [] for c in CLIENTS}
     errors: dict[str, str] = {}
     for rep in range(args.reps):
         order = CLIENTS[rep % len(CLIENTS) :] + CLIENTS[: rep % len(CLIENTS)]
@@ -188,6 +190,7 @@ def main() -> None:
                 errors[client] = res["error"]
             else:
                 rates[client].append(res["drain_per_s"])
+                cpu[client].append(res["cpu_us_per_msg"])
             print(f"rep {rep + 1} {client}: {res}", file=sys.stderr, flush=True)
         if not args.no_harness:
             env = dict(os.environ, ASYNCTASQ_REDIS_URL=args.url)
@@ -200,11 +203,11 @@ def main() -> None:
                 rates["harness"].append(res["drain_per_s"])
             print(f"rep {rep + 1} harness: {res}", file=sys.stderr, flush=True)
     print(f"drain of {args.n:,} messages, claim + ack {BATCH} a step; median (min-max) of {args.reps}")
-    print("| client | drain/s |\n| --- | --- |")
+    print("| client | drain/s | client CPU µs per message |\n| --- | --- | --- |")
     for client in CLIENTS:
-        print(f"| {client} | {_summary(rates[client])} |")
+        print(f"| {client} | {_summary(rates[client])} | {_summary(cpu[client], '.1f')} |")
     if not args.no_harness:
-        print(f"| worker (harness.py noop, our driver) | {_summary(rates['harness'])} |")
+        print(f"| worker (harness.py noop, our driver) | {_summary(rates['harness'])} | |")
     for client, error in errors.items():
         print(f"{client} failed: {error}")
 

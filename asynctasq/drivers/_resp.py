@@ -332,18 +332,21 @@ class RespClient:
         ep = self.endpoint
         loop = asyncio.get_running_loop()
         proto: RespProtocol | None = None
+        handshaking = False
+        limit = min(self.timeout, CONNECT_TIMEOUT_S)
         try:
-            async with asyncio.timeout(min(self.timeout, CONNECT_TIMEOUT_S)):
+            async with asyncio.timeout(limit):
                 if ep.path:
                     _, proto = await loop.create_unix_connection(RespProtocol, ep.path)
                 else:
-                    _, proto = await loop.create_connection(
-                        RespProtocol,
-                        ep.host,
-                        ep.port,
-                        ssl=ep.ssl,
-                        server_hostname=ep.host if ep.ssl else None,
-                    )
+                    transport, proto = await loop.create_connection(RespProtocol, ep.host, ep.port)
+                    if ep.ssl is not None:  # TLS apart, so a server that never answers it is told apart
+                        handshaking = True
+                        tls = await loop.start_tls(transport, proto, ep.ssl, server_hostname=ep.host)
+                        if tls is None:
+                            raise ConnectionLost(f"{ep.address} closed the connection during TLS set-up")
+                        proto.transport = tls
+                        handshaking = False
                 hello: list[tuple[Any, ...]] = []
                 if ep.password is not None:
                     hello.append(("AUTH", ep.username, ep.password) if ep.username else ("AUTH", ep.password))
@@ -362,6 +365,10 @@ class RespClient:
                 proto.abort(ConnectionLost("connection set-up failed"))
             if isinstance(exc, ssl.SSLError):
                 raise HandshakeError(f"TLS handshake with {ep.address} failed: {exc}") from None
+            if handshaking and isinstance(exc, TimeoutError | ConnectionError):
+                raise HandshakeError(
+                    f"{ep.address} did not complete a TLS handshake within {limit:g}s: is it a TLS port?"
+                ) from None
             if isinstance(exc, TimeoutError):
                 raise ConnectionLost(f"timed out connecting to {ep.address}") from None
             if isinstance(exc, OSError) and not isinstance(exc, ConnectionLost):
