@@ -215,6 +215,7 @@ async def test_concurrent_callers_on_one_connection_get_their_own_replies(client
         replies = await client.execute_many([pack(("GET", key)), pack(("HGET", key, "f")), pack(("PING",))])
         assert replies[0] == b"500" and isinstance(replies[1], ReplyError) and replies[2] == b"PONG"
         assert replies[1].code == "WRONGTYPE"
+        assert await client.execute_many([]) == []
         with pytest.raises(ReplyError, match="WRONGTYPE"):
             await client.execute(pack(("LPUSH", key, "x")))
     finally:

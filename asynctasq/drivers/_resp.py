@@ -405,6 +405,8 @@ class RespClient:
     async def execute_many(self, packed: Sequence[bytes]) -> list[Any]:
         """Commands in one write and one round trip; error replies come back as
         :class:`ReplyError` instances in the list, in place."""
+        if not packed:
+            return []
         proto = self._main
         if proto is None or proto.lost is not None:
             proto = await self.main()

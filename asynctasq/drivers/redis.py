@@ -86,6 +86,8 @@ DEFAULT_SOCKET_TIMEOUT_S = 15.0
 """A reply overdue this long drops the connection (a dead peer)."""
 MAX_BLOCK_S = 5.0
 """Longest single BLPOP/BLMOVE; kept well under the socket timeout."""
+MAX_HINTS = 1024
+"""Wait hints kept for queue lists that no blocking wait followed (``wait=0`` callers)."""
 COMMAND_TTL_S = 86_400
 """Commands sent to a worker that never reads them vanish after a day."""
 HINT = "start Redis there or point --redis-url / ASYNCTASQ_REDIS_URL at a running server"
@@ -390,6 +392,8 @@ class RedisDriver(BaseDriver):
             if len(out) >= limit:
                 break
         if not out:
+            if len(self._hints) >= MAX_HINTS:
+                self._hints.clear()
             self._hints[tuple(queues)] = hint_ms
         return out
 
