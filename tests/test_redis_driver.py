@@ -640,3 +640,25 @@ async def test_tls_with_a_private_ca_without_verification_and_a_refused_certific
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)
         shutil.rmtree(certs, ignore_errors=True)
+
+
+async def test_a_server_turned_replica_is_waited_out_on_a_new_connection(
+    private_redis: _PrivateRedis,
+) -> None:
+    url = f"redis://127.0.0.1:{private_redis.port}/0"
+    driver = RedisDriver(url=url, prefix="readonly", reconnect_timeout=30)
+    raw = redis_asyncio.Redis.from_url(url)
+    await driver.connect()
+    try:
+        first = driver._client._main
+        await raw.replicaof("127.0.0.1", str(_free_port()))  # a replica of nobody: writes refused
+        sending = asyncio.create_task(driver.enqueue("q", b"kept"))
+        await wait_for(lambda: driver._reconnect.down, timeout=5)
+        await raw.replicaof("NO", "ONE")  # promoted back, as after a failover
+        await asyncio.wait_for(sending, 10)
+        assert driver._client._main is not first, "READONLY drops the connection to look again"
+        [d] = await driver.dequeue(["q"], 1, wait=1)
+        assert d.body == b"kept"
+    finally:
+        await raw.aclose()
+        await driver.disconnect()

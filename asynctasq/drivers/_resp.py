@@ -441,6 +441,13 @@ class RespClient:
             raise reply_error(reply)
         return reply
 
+    def drop(self, reason: str) -> None:
+        """Abort the shared connection (its pending calls fail with :class:`ConnectionLost`);
+        the next command opens a new one (after a failover moved the primary, say)."""
+        proto, self._main = self._main, None
+        if proto is not None:
+            proto.abort(ConnectionLost(reason))
+
     def close(self) -> None:
         """Close every connection; calls waiting on them fail with :class:`ConnectionLost`."""
         for proto in list(self.opened):

@@ -67,6 +67,7 @@ try:
         AuthFailed,
         HandshakeError,
         NoScript,
+        ReadOnly,
         RedisError,
         ReplyError,
         RespClient,
@@ -213,6 +214,7 @@ class RedisDriver(BaseDriver):
             RETRYABLE,
             timeout_s=reconnect_timeout,
             secret=endpoint.password,
+            on_lost=self._on_lost,
         )
         self._queue_keys: dict[str, _QueueKeys] = {}
         self._known_queues: set[str] = set()
@@ -271,6 +273,10 @@ class RedisDriver(BaseDriver):
         for reply in await self._client.execute_many(lua.load_commands()):
             if isinstance(reply, Exception):
                 raise reply
+
+    def _on_lost(self, exc: BaseException) -> None:
+        if isinstance(exc, ReadOnly):  # a replica now: the primary may be elsewhere after a failover
+            self._client.drop("the server turned read-only")
 
     def _check_connected(self) -> None:
         if not self._connected:
