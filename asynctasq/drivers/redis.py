@@ -306,6 +306,8 @@ class RedisDriver(BaseDriver):
             return await self._client.execute(packed)
 
     async def _many_now(self, commands: Sequence[bytes]) -> list[Any]:
+        if len(commands) == 1:  # the usual ack: one queue
+            return [await self._one_now(commands[0])]
         self._check_connected()
         replies = await self._client.execute_many(commands)
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScript)]
