@@ -91,6 +91,8 @@ MAX_HINTS = 1024
 """Wait hints kept for queue lists that no blocking wait followed (``wait=0`` callers)."""
 COMMAND_TTL_S = 86_400
 """Commands sent to a worker that never reads them vanish after a day."""
+_SLOW_PATH: tuple[type[BaseException], ...] = (NoScript, *RETRYABLE)
+"""What sends a command on to the reconnect policy (a reload of the scripts, a retry)."""
 HINT = "start Redis there or point --redis-url / ASYNCTASQ_REDIS_URL at a running server"
 
 
@@ -306,8 +308,6 @@ class RedisDriver(BaseDriver):
             return await self._client.execute(packed)
 
     async def _many_now(self, commands: Sequence[bytes]) -> list[Any]:
-        if len(commands) == 1:  # the usual ack: one queue
-            return [await self._one_now(commands[0])]
         self._check_connected()
         replies = await self._client.execute_many(commands)
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScript)]
@@ -326,23 +326,36 @@ class RedisDriver(BaseDriver):
         return await self._client.blocking(packed, block_s)
 
     async def _one(self, packed: bytes) -> Any:
-        """One command, one round trip. The first try skips the reconnect machinery (the hot
-        path); a lost connection goes on under :meth:`_run`."""
-        try:
-            return await self._one_now(packed)
-        except RETRYABLE:
-            return await self._run(lambda: self._one_now(packed))
-        except RedisError as exc:
-            raise self._broker_error(exc) from None
+        """One command, one round trip. The first try goes straight to the client (the hot
+        path); a lost connection, a ``NOSCRIPT`` or a call before connect() goes on under
+        :meth:`_run`, which says what is wrong or retries with backoff."""
+        if self._connected:
+            try:
+                return await self._client.execute(packed)
+            except _SLOW_PATH:
+                pass
+            except RedisError as exc:
+                raise self._broker_error(exc) from None
+        return await self._run(lambda: self._one_now(packed))
 
     async def _many(self, commands: Sequence[bytes]) -> list[Any]:
         """Commands in one write, one round trip (tried as :meth:`_one`)."""
-        try:
-            return await self._many_now(commands)
-        except RETRYABLE:
-            return await self._run(lambda: self._many_now(commands))
-        except RedisError as exc:
-            raise self._broker_error(exc) from None
+        if len(commands) == 1:  # the usual ack: one queue
+            return [await self._one(commands[0])]
+        if self._connected:
+            try:
+                replies = await self._client.execute_many(commands)
+            except RETRYABLE:
+                pass
+            else:
+                for r in replies:
+                    if isinstance(r, ReplyError):
+                        if isinstance(r, _SLOW_PATH):
+                            break  # reload the scripts, or wait for the server, under _run
+                        raise self._broker_error(r) from None
+                else:
+                    return replies
+        return await self._run(lambda: self._many_now(commands))
 
     def _keys(self, queue: str) -> _QueueKeys:
         keys = self._queue_keys.get(queue)
