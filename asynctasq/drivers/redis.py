@@ -35,7 +35,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
@@ -129,20 +129,27 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _held(groups: Iterable[Sequence[Delivery]], replies: Sequence[Any]) -> list[Delivery]:
+def _held(
+    deliveries: Sequence[Delivery], groups: Iterable[Sequence[Delivery]], replies: Sequence[Any]
+) -> list[Delivery]:
     """The deliveries still held, from the ack/extend scripts' replies (per group: positions of
-    the pairs that were not held)."""
+    the pairs that were not held; all empty, the usual case, when every one was)."""
+    if not any(replies):
+        return list(deliveries)
     out: list[Delivery] = []
     for group, stale in zip(groups, replies, strict=True):
-        if not stale:
-            out.extend(group)
-        else:
-            skip = set(stale)
-            out.extend(d for i, d in enumerate(group) if i not in skip)
+        skip = set(stale)
+        out.extend(d for i, d in enumerate(group) if i not in skip)
     return out
 
 
-def _by_queue(deliveries: Sequence[Delivery]) -> dict[str, list[Delivery]]:
+def _by_queue(deliveries: Sequence[Delivery]) -> Mapping[str, Sequence[Delivery]]:
+    queue = deliveries[0].queue
+    for d in deliveries:
+        if d.queue != queue:
+            break
+    else:
+        return {queue: deliveries}  # the usual batch: one queue
     groups: dict[str, list[Delivery]] = {}
     for d in deliveries:
         group = groups.get(d.queue)
@@ -432,13 +439,13 @@ class RedisDriver(BaseDriver):
         packed = pack(("BLPOP", *(self._keys(q).wake for q in queues), f"{timeout:.3f}"))
         await self._run(lambda: self._blocking_now(packed, timeout))
 
-    def _ack_commands(self, groups: dict[str, list[Delivery]]) -> list[bytes]:
+    def _ack_commands(self, groups: Mapping[str, Sequence[Delivery]]) -> list[bytes]:
         return [lua.command(lua.ACK, self._keys(q).ack, _pairs(ds)) for q, ds in groups.items()]
 
     async def _ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         groups = _by_queue(deliveries)
         replies = await self._many(self._ack_commands(groups))
-        return _held(groups.values(), replies)
+        return _held(deliveries, groups.values(), replies)
 
     async def _complete(
         self, deliveries: Sequence[Delivery], results: Sequence[tuple[str, bytes]], results_ttl: float
@@ -447,7 +454,7 @@ class RedisDriver(BaseDriver):
         groups = _by_queue(deliveries)
         commands = self._result_commands(results, results_ttl) + self._ack_commands(groups)
         replies = await self._many(commands)
-        return _held(groups.values(), replies[len(replies) - len(groups) :])
+        return _held(deliveries, groups.values(), replies[len(replies) - len(groups) :])
 
     async def _extend(self, deliveries: Sequence[Delivery], seconds: float) -> list[Delivery]:
         groups = _by_queue(deliveries)
@@ -455,7 +462,7 @@ class RedisDriver(BaseDriver):
         commands = [
             lua.command(lua.EXTEND, self._keys(q).extend, _pairs(ds, (ms,))) for q, ds in groups.items()
         ]
-        return _held(groups.values(), await self._many(commands))
+        return _held(deliveries, groups.values(), await self._many(commands))
 
     async def _release(self, delivery: Delivery, delay: float, body: bytes | None) -> bool:
         qk = self._keys(delivery.queue)
