@@ -132,6 +132,25 @@ async def _cleanup(url: str, prefix: str) -> None:
         client.close()
 
 
+async def _delete_prefix(url: str, prefix: str) -> None:
+    """Delete every key of ``prefix`` (what the harness run leaves: wake lists, the queue set)."""
+    from asynctasq.drivers._resp import RespClient, pack, parse_url
+
+    client = RespClient(parse_url(url))
+    try:
+        cursor = b"0"
+        while True:
+            cursor, keys = await client.execute(
+                pack(("SCAN", cursor, "MATCH", f"{{{prefix}[:}}]*", "COUNT", 1000))
+            )
+            if keys:
+                await client.execute(pack(("DEL", *keys)))
+            if cursor == b"0":
+                return
+    finally:
+        client.close()
+
+
 def _one(client: str, url: str, n: int) -> None:
     """Child: one drain with ``client``; prints its rate as JSON."""
     prefix = "bench-clients-" + uuid.uuid4().hex[:8]
@@ -197,6 +216,7 @@ def main() -> None:
             env["ASYNCTASQ_REDIS_PREFIX"] = "bench-clients-" + uuid.uuid4().hex[:8]
             harness = [os.path.join(HERE, "harness.py"), "--driver", "redis", "--workload", "noop"]
             res = _child([*harness, "--n", str(args.n), "--json"], env)
+            asyncio.run(_delete_prefix(args.url, env["ASYNCTASQ_REDIS_PREFIX"]))
             if "error" in res:
                 errors["harness"] = res["error"]
             else:
