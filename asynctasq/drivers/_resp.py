@@ -38,6 +38,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
+from asynctasq.constants import DEFAULT_REDIS_MAX_CONNECTIONS, DEFAULT_REDIS_SOCKET_TIMEOUT_S
+
 DEFAULT_PORT = 6379
 CONNECT_TIMEOUT_S = 5.0
 """Longest wait for a TCP/TLS connection and its AUTH/SELECT handshake."""
@@ -313,7 +315,13 @@ class RespClient:
     ``max_blocking`` idle ones kept for blocking commands. ``timeout``: seconds a reply may be
     overdue before the connection is dropped."""
 
-    def __init__(self, endpoint: Endpoint, *, timeout: float = 15.0, max_blocking: int = 50) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        timeout: float = DEFAULT_REDIS_SOCKET_TIMEOUT_S,
+        max_blocking: int = DEFAULT_REDIS_MAX_CONNECTIONS,
+    ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.max_blocking = max_blocking

@@ -44,6 +44,7 @@ from asynctasq.constants import (
     DEFAULT_RECONNECT_TIMEOUT_S,
     DEFAULT_REDIS_MAX_CONNECTIONS,
     DEFAULT_REDIS_PREFIX,
+    DEFAULT_REDIS_SOCKET_TIMEOUT_S,
     DEFAULT_REDIS_URL,
 )
 from asynctasq.drivers._reconnect import Reconnect, one_line
@@ -83,8 +84,6 @@ log = logging.getLogger("asynctasq.redis")
 
 T = TypeVar("T")
 
-DEFAULT_SOCKET_TIMEOUT_S = 15.0
-"""A reply overdue this long drops the connection (a dead peer)."""
 MAX_BLOCK_S = 5.0
 """Longest single BLPOP/BLMOVE; kept well under the socket timeout."""
 MAX_HINTS = 1024
@@ -194,7 +193,7 @@ class RedisDriver(BaseDriver):
         lease_seconds: float = DEFAULT_LEASE_S,
         max_message_bytes: int | None = None,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT_S,
-        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_S,
+        socket_timeout: float = DEFAULT_REDIS_SOCKET_TIMEOUT_S,
     ) -> None:
         super().__init__(lease_seconds=lease_seconds, max_message_bytes=max_message_bytes)
         try:
