@@ -47,6 +47,8 @@ DEFAULT_SQLITE_PATH = "asynctasq.db"
 DEFAULT_REDIS_URL = "redis://localhost:6379"
 DEFAULT_REDIS_PREFIX = "asynctasq"
 DEFAULT_REDIS_MAX_CONNECTIONS = 50
+DEFAULT_REDIS_SOCKET_TIMEOUT_S = 15.0
+"""A Redis reply overdue this long drops the connection (a dead peer, a cut network)."""
 
 # -- postgres ---------------------------------------------------------------------------------
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@localhost:5432/postgres"

@@ -24,7 +24,7 @@ async def make_driver(namespace: str, **options: Any) -> Any:
     try:
         from asynctasq.drivers.redis import RedisDriver
     except ImportError as exc:
-        raise ServiceUnavailable(f"redis-py is not installed: {exc}") from exc
+        raise ServiceUnavailable(f"the redis driver cannot load ({exc}): pip install hiredis") from exc
     driver = RedisDriver(url=REDIS_URL, prefix=namespace, **options)
     await driver.connect()
     return driver
