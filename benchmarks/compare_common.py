@@ -60,7 +60,7 @@ async def bare_drain_rate(driver: Any, n: int, batch: int, body: bytes) -> float
         got = await driver.dequeue(["q"], batch, wait=0)
         if not got:
             break
-        done += await driver.ack(got)
+        done += len(await driver.ack(got))
     return done / (time.perf_counter() - started)
 
 
