@@ -284,9 +284,12 @@ class BaseDriver(ABC):
     ) -> list[Delivery]:
         """Store ``results`` (task id, encoded result) for ``results_ttl`` seconds, then ack
         ``deliveries``; return the deliveries that were still held."""
-        if results and results_ttl > 0 and self.supports("results"):
-            return await self._complete(deliveries, results, results_ttl)
-        return await self.ack(deliveries)
+        if not (results and results_ttl > 0 and self.supports("results")):
+            return await self.ack(deliveries)
+        if not deliveries:
+            await self.store_results(results, results_ttl)
+            return []
+        return await self._complete(deliveries, results, results_ttl)
 
     async def extend(self, deliveries: Sequence[Delivery], seconds: float | None = None) -> list[Delivery]:
         """Push the leases' expiry to now + ``seconds``; return the deliveries still held."""

@@ -372,6 +372,10 @@ async def test_complete_stores_results_and_acks(driver: BaseDriver, queue: str) 
         with pytest.raises(UnsupportedOperation):
             await driver.get_result(task_id, wait=0)
     assert await driver.complete([], [], results_ttl=60) == []
+    other = uuid.uuid4().hex  # results alone (a failed task's record), nothing to ack
+    assert await driver.complete([], [(other, b"\x03failed")], results_ttl=60) == []
+    if driver.supports("results"):
+        assert await driver.get_result(other, wait=0) == b"\x03failed"
 
 
 async def test_oversized_messages_are_refused_before_the_broker(
