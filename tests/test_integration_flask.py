@@ -153,8 +153,6 @@ def test_queue_connections(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("connections", "message"),
     [
-        ({"emial": "x.db"}, "'emial', which is not configured"),
-        ({"default": "x.db"}, "always uses the app's own"),
         ({"email": "priority", "priority": "email"}, "refer to each other"),
         ({"email": "email"}, "refer to each other"),
         ({"email": 5}, "must be a dict of settings"),
