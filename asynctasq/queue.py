@@ -14,16 +14,19 @@
     await low.enqueue_in(timedelta(minutes=5), multiply, 2, 3)
     await low.count()                             # ready tasks
 
-Every method that talks to the broker works in both worlds: called where no event loop runs
-(a Flask view, a script) it blocks until the broker answered and returns its value, on
-asynctasq's background loop (the one behind ``dispatch_sync()``); called inside a running
-loop it returns an awaitable instead. One name per operation, so code moves between sync and
-async without renaming, and Flask-RQ's ``rq.queue.enqueue(...)`` runs as written in a sync view.
+Every method that talks to the broker works in both worlds, and the calling code decides:
+called from an ``async def`` it returns an awaitable; called from any other code (a Flask
+view, a script, a sync helper, even one running on an event loop's thread) it blocks until
+the broker answered and returns the value, using asynctasq's background loop (the one behind
+``dispatch_sync()``). One name per operation, so code moves between sync and async without
+renaming, and Flask-RQ's ``rq.queue.enqueue(...)`` runs as written in a sync view.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, ParamSpec, TypeVar, overload
@@ -38,10 +41,10 @@ from asynctasq.task import (
     Task,
     TaskCall,
     TaskFunction,
+    block_on,
     default_producer,
     default_task_name,
     result,
-    run_sync,
 )
 
 P = ParamSpec("P")
@@ -52,13 +55,27 @@ Enqueueable = TaskFunction[..., Any] | type[Task] | TaskCall | Task | Callable[.
 call that already has them (``send_mail(msg)``, ``Report(7)``)."""
 
 
+_ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
 def in_event_loop() -> bool:
-    """True when the calling thread runs an event loop (the method must return an awaitable)."""
+    """True when the calling thread runs an event loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return False
     return True
+
+
+def called_from_async_code() -> bool:
+    """True when the nearest caller outside asynctasq is an ``async def`` (which gets an
+    awaitable); False for sync code, even when it runs on an event loop's thread."""
+    if not in_event_loop():
+        return False
+    frame = sys._getframe(1)
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("asynctasq."):
+        frame = frame.f_back  # type: ignore[assignment]
+    return frame is not None and bool(frame.f_code.co_flags & _ASYNC_CODE)
 
 
 def _not_a_task(func: Any) -> TaskDefinitionError:
@@ -147,7 +164,7 @@ class Queue:
         return coro
 
     def _either(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> Any:
-        if in_event_loop():
+        if called_from_async_code():
             return self._run(coro)
         if self._driver is not None:
             coro.close()
@@ -155,7 +172,7 @@ class Queue:
                 "a Queue(driver=...) works in async code only (the driver belongs to its event "
                 "loop); in sync code use Queue(name) or Queue(name, url=...)"
             )
-        return run_sync(coro, timeout)
+        return block_on(coro, timeout)
 
     async def _target(self) -> BaseDriver:
         producer = self.producer
@@ -334,4 +351,4 @@ class _Pending:
         self.done = True
 
 
-__all__ = ["Job", "Jobs", "Queue", "in_event_loop", "make_call"]
+__all__ = ["Job", "Jobs", "Queue", "called_from_async_code", "in_event_loop", "make_call"]

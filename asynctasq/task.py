@@ -546,3 +546,20 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = DEFAULT_DISPA
         coro.close()
         raise TaskDefinitionError("dispatch_sync() called inside a running event loop: use await .dispatch()")
     return asyncio.run_coroutine_threadsafe(coro, _portal()).result(timeout)
+
+
+def block_on(coro: Coroutine[Any, Any, T], timeout: float | None = DEFAULT_DISPATCH_TIMEOUT_S) -> T:
+    """:func:`run_sync` for sync code that may run on another event loop's thread (a sync
+    helper called from a coroutine): it blocks that thread, loop included, until done. Only
+    the background loop's own thread is refused, where waiting would never end."""
+    portal = _portal()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is portal:
+        coro.close()
+        raise TaskDefinitionError(
+            "a blocking call on the background loop itself would wait forever: await it"
+        )
+    return asyncio.run_coroutine_threadsafe(coro, portal).result(timeout)

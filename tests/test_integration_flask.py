@@ -10,7 +10,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("flask")
 
 import click
+import click.testing
 from flask import Flask
 
 import asynctasq
@@ -26,8 +27,9 @@ from asynctasq.core.driver_factory import DriverFactory
 from asynctasq.core.worker import Worker
 from asynctasq.drivers.base import EnqueueItem
 from asynctasq.drivers.sqlite import SQLiteDriver
-from asynctasq.errors import ConfigError, TaskFailed
+from asynctasq.errors import ConfigError, TaskDefinitionError, TaskFailed
 from asynctasq.integrations import EXTENSION_KEY, AppSettings, load_app_worker
+from tests import flaskrq_app as flaskrq
 from tests.conftest import wait_for
 from tests.flask_app import (
     CONFIG_ENV,
@@ -43,6 +45,10 @@ from tests.flask_app import (
     tasks,
     waits,
 )
+from tests.flaskrq_app import CONFIG_ENV as FLASKRQ_CONFIG_ENV
+from tests.flaskrq_app import broken, send_password_reset, tq, update_stats
+from tests.flaskrq_brokers import SEED_BACKENDS, Broker, close_broker, open_broker, result_on
+from tests.flaskrq_brokers import ready as ready_on
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -457,3 +463,302 @@ def test_the_docs_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.Mo
         with app.app_context():
             myapp.tasks.close()
         sys.modules.pop("myapp", None)
+
+
+# -- Flask-RQ's pages (seeds 000 and 002), block by block, on real brokers --------------------
+
+
+@pytest.fixture(params=SEED_BACKENDS)
+async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Broker]:
+    found = await open_broker(str(request.param), tmp_path)
+    try:
+        yield found
+    finally:
+        await close_broker(found)
+
+
+@pytest.fixture
+def seed_app(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Flask]]:
+    """The seeds' create_app() on ``broker``; its config also reaches worker processes."""
+    made: list[Flask] = []
+
+    def make(**config: object) -> Flask:
+        keys = broker.app_config(**config)
+        monkeypatch.setenv(FLASKRQ_CONFIG_ENV, json.dumps(keys))
+        made.append(flaskrq.create_app())
+        return made[-1]
+
+    yield make
+    for app in made:
+        with app.app_context():
+            tq.close()
+
+
+def seed_settings(app: Flask) -> AppSettings:
+    return settings(app)
+
+
+async def run_seed_worker(app: Flask, queues: list[str] | None = None) -> Worker:
+    with app.app_context():
+        worker = tq.make_worker(queues, burst=True, install_signal_handlers=False)
+    await worker.start()  # connects its own driver
+    return worker
+
+
+def ran_in_the_app(value: object, task: str, **arguments: object) -> bool:
+    return value == {"task": task, "app": "my_app", "mark": "flask-rq seed app", **arguments}
+
+
+RESET = "tests.flaskrq_app.send_password_reset"
+
+
+async def test_seed_configuring_queues(broker: Broker, seed_app: Callable[..., Flask]) -> None:
+    """RQ_QUEUES = ["email", "priority"] and RQ_CONNECTION = "redis://redis.my-app.example"."""
+    example = flaskrq.create_app(ASYNCTASQ_CONNECTION="redis://redis.my-app.example")
+    assert (settings(example).config.driver, settings(example).config.redis_url) == (
+        "redis",
+        "redis://redis.my-app.example",
+    )
+    app = seed_app(ASYNCTASQ_QUEUES=["email", "priority"])
+    s = seed_settings(app)
+    assert s.queues == ["default", "email", "priority"]  # "default" always configured
+    assert len(s.connections) == 1 and broker.describes(s.config) == "main"
+    with app.app_context():
+        jobs = [await tq.queues[name].enqueue(update_stats, data={name: 1}) for name in s.queues]
+    for name in s.queues:
+        assert await ready_on(s.config, name) == 1  # one connection for the three
+    worker = await run_seed_worker(app)
+    assert worker.succeeded == 3
+    for job, name in zip(jobs, s.queues, strict=True):
+        assert ran_in_the_app(await result_on(s.config, job.id), "update_stats", data={name: 1})
+
+
+async def test_seed_using_queues_from_views(broker: Broker, seed_app: Callable[..., Flask]) -> None:
+    """rq.queue.enqueue(update_stats, data=...) and rq.queues["email"].enqueue(...) in views."""
+    app = seed_app(ASYNCTASQ_QUEUES=["email", "priority"])
+    client = app.test_client()
+    sent = [  # in a thread, as a WSGI server runs views
+        await asyncio.to_thread(client.post, "/stats", json={"visits": 3}),  # sync views
+        await asyncio.to_thread(client.post, "/users/7/reset"),
+        await asyncio.to_thread(client.post, "/users/8/welcome"),  # async: await ...enqueue(...)
+    ]
+    assert [r.status_code for r in sent] == [200, 200, 200], [r.text for r in sent]
+    jobs = [r.json for r in sent]
+    assert [j["queue"] for j in jobs] == ["default", "email", "email"]  # type: ignore[index]
+    worker = await run_seed_worker(app)
+    assert worker.succeeded == 3
+    config = seed_settings(app).config
+    values = [await result_on(config, j["id"]) for j in jobs]  # type: ignore[index]
+    assert ran_in_the_app(values[0], "update_stats", data={"visits": 3})
+    assert ran_in_the_app(values[1], "send_password_reset", user_id=7)
+    assert ran_in_the_app(values[2], "send_welcome", user_id=8)
+
+
+async def test_seed_the_job_decorator(broker: Broker, seed_app: Callable[..., Flask]) -> None:
+    """@rq.job(queue="email"), send_password_reset.enqueue(user_id=...), "same as"
+    rq.queues["email"].enqueue(...), and rq.queues["priority"] overriding the queue."""
+    app = seed_app(ASYNCTASQ_QUEUES=["email", "priority"])
+    assert send_password_reset.name == RESET
+    client = app.test_client()
+    decorated = client.post("/users/1/reset-decorated").json
+    same = client.post("/users/2/reset").json
+    priority = client.post("/users/3/reset-priority").json
+    assert [j["queue"] for j in (decorated, same, priority)] == ["email", "email", "priority"]  # type: ignore[index]
+    config = seed_settings(app).config
+    assert (await ready_on(config, "email"), await ready_on(config, "priority")) == (2, 1)
+    worker = await run_seed_worker(app, ["priority"])
+    assert worker.succeeded == 1  # only the overridden one
+    assert ran_in_the_app(await result_on(config, priority["id"]), "send_password_reset", user_id=3)  # type: ignore[index]
+    assert await ready_on(config, "email") == 2
+    with app.app_context():
+        job = await send_password_reset.enqueue(user_id=4)  # async code: the same method, awaited
+    assert job.queue == "email"
+    assert (await run_seed_worker(app, ["email"])).succeeded == 3
+
+
+async def test_seed_a_queue_on_another_connection(broker: Broker, seed_app: Callable[..., Flask]) -> None:
+    """RQ_QUEUE_CONNECTIONS = {"email": "redis://email-redis.my-app.example"}."""
+    app = seed_app(ASYNCTASQ_QUEUES=["email"], ASYNCTASQ_QUEUE_CONNECTIONS={"email": broker.other})
+    s = seed_settings(app)
+    assert [broker.describes(s.config_for(q)) for q in s.queues] == ["main", "other"]
+    with app.app_context():
+        email = await send_password_reset.enqueue(user_id=9)
+        stats = await tq.queue.enqueue(update_stats, data={})
+    assert (await ready_on(s.config_for("email"), "email"), await ready_on(s.config, "email")) == (1, 0)
+    assert (await ready_on(s.config, "default"), await ready_on(s.config_for("email"), "default")) == (1, 0)
+    assert (await run_seed_worker(app, ["default", "email"])).succeeded == 1  # default's connection
+    assert (await run_seed_worker(app, ["email"])).succeeded == 1  # email's own connection
+    assert ran_in_the_app(await result_on(s.config_for("email"), email.id), "send_password_reset", user_id=9)
+    assert ran_in_the_app(await result_on(s.config, stats.id), "update_stats", data={})
+
+
+def reference_example(broker: Broker) -> dict[str, object]:
+    """The seed's last block: RQ_CONNECTION, RQ_QUEUES, RQ_QUEUE_CONNECTIONS with a reference."""
+    return {
+        "ASYNCTASQ_QUEUES": ["priority", "email", "email-priority"],
+        "ASYNCTASQ_QUEUE_CONNECTIONS": {"email": broker.other, "email-priority": "email"},
+    }
+
+
+async def test_seed_queues_sharing_a_connection(broker: Broker, seed_app: Callable[..., Flask]) -> None:
+    app = seed_app(**reference_example(broker))
+    s = seed_settings(app)
+    assert {q: broker.describes(s.config_for(q)) for q in s.queues} == {
+        "default": "main",
+        "priority": "main",
+        "email": "other",
+        "email-priority": "other",
+    }
+    assert len(s.connections) == 2
+    with app.app_context():
+        jobs = {q: await tq.queues[q].enqueue(send_password_reset, user_id=n) for n, q in enumerate(s.queues)}
+    for q in s.queues:
+        assert await ready_on(s.config_for(q), q) == 1
+    assert (await run_seed_worker(app, ["email-priority", "email"])).succeeded == 2
+    assert (await run_seed_worker(app)).succeeded == 2  # the first configured queue's connection
+    for n, (q, job) in enumerate(jobs.items()):
+        assert ran_in_the_app(await result_on(s.config_for(q), job.id), "send_password_reset", user_id=n)
+    # Flask-RQ's rules: a "default" key, None values and unconfigured queues are ignored
+    ignored = seed_app(
+        ASYNCTASQ_QUEUES=["email"],
+        ASYNCTASQ_QUEUE_CONNECTIONS={"default": broker.other, "email": None, "audit": broker.other},
+    )
+    assert len(seed_settings(ignored).connections) == 1
+
+
+def test_seed_unknown_queue_names_the_configured_ones(seed_app: Callable[..., Flask]) -> None:
+    app = seed_app(ASYNCTASQ_QUEUES=["email", "priority"])
+    with app.app_context():
+        with pytest.raises(KeyError) as caught:
+            tq.queues["emial"]
+        assert str(caught.value) == (
+            "queue 'emial' is not configured for this app: add it to ASYNCTASQ_QUEUES "
+            "(configured: default, email, priority)"
+        )
+        assert isinstance(caught.value, ConfigError)
+        assert list(tq.queues) == ["default", "email", "priority"]
+        with pytest.raises(TaskDefinitionError, match="is not a task: decorate it with @task"):
+            tq.queue.enqueue(print, "x")
+
+
+def seed_cli(broker: Broker, *args: str, **app_config: object) -> subprocess.CompletedProcess[str]:
+    """``flask asynctasq ...`` in a process of its own, on the seeds' app."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
+    env[FLASKRQ_CONFIG_ENV] = json.dumps(broker.app_config(**app_config))
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "tests.flaskrq_app:create_app", "asynctasq", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+async def test_seed_worker_cli_command(broker: Broker, seed_app: Callable[..., Flask]) -> None:
+    """$ flask rq worker (all queues, the first one's connection) and
+    $ flask rq worker email email-priority (email's connection)."""
+    config = {**reference_example(broker), "ASYNCTASQ_BURST": True}  # burst: the command returns
+    app = seed_app(**config)
+    s = seed_settings(app)
+    with app.app_context():
+        jobs = {q: await tq.queues[q].enqueue(send_password_reset, user_id=n) for n, q in enumerate(s.queues)}
+    out = await asyncio.to_thread(seed_cli, broker, "worker", **config)
+    assert out.returncode == 0, out.stderr
+    assert "listening on default, priority, email, email-priority" in out.stderr
+    assert (await ready_on(s.config, "default"), await ready_on(s.config, "priority")) == (0, 0)
+    assert await ready_on(s.config_for("email"), "email") == 1  # on the other connection: untouched
+    out = await asyncio.to_thread(seed_cli, broker, "worker", "email", "email-priority", **config)
+    assert out.returncode == 0, out.stderr
+    for n, (q, job) in enumerate(jobs.items()):
+        assert ran_in_the_app(await result_on(s.config_for(q), job.id), "send_password_reset", user_id=n)
+
+
+async def test_seed_worker_script(broker: Broker, seed_app: Callable[..., Flask], tmp_path: Path) -> None:
+    """my_worker.py: with app.app_context(): worker = rq.make_worker(); worker.work(); stopped
+    by SIGTERM like any worker."""
+    app = seed_app()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
+    env["PYTHONPATH"] = str(ROOT)
+    log_path = tmp_path / "my_worker.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "flaskrq_worker.py")],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        with app.app_context():
+            job = await tq.queue.enqueue(update_stats, data={"script": 1})
+        value = await result_on(seed_settings(app).config, job.id)  # waits for the running worker
+        assert ran_in_the_app(value, "update_stats", data={"script": 1})
+        assert proc.poll() is None  # not a burst: it works until told to stop
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 30)
+    assert code == 0, log_path.read_text()  # SIGTERM: a graceful stop
+
+
+async def test_make_worker_work_in_sync_code(broker: Broker, seed_app: Callable[..., Flask]) -> None:
+    app = seed_app(ASYNCTASQ_QUEUES=["email"])
+    with app.app_context():
+        job = await send_password_reset.enqueue(user_id=11)
+
+    def script() -> bool:
+        with app.app_context():
+            worker = tq.make_worker(install_signal_handlers=False)
+            return worker.work(burst=True)
+
+    assert await asyncio.to_thread(script) is True
+    assert ran_in_the_app(
+        await result_on(seed_settings(app).config, job.id), "send_password_reset", user_id=11
+    )
+    with app.app_context(), pytest.raises(RuntimeError, match=r"await worker\.start"):
+        tq.make_worker().work()  # inside this test's running loop
+
+
+async def test_app_cli_commands_read_the_app_config(broker: Broker, seed_app: Callable[..., Flask]) -> None:
+    """flask asynctasq info | failed ... | dispatch: asynctasq's commands, on the app's config."""
+    app = seed_app(**reference_example(broker))
+    s = seed_settings(app)
+    runner = app.test_cli_runner()
+
+    async def invoke(*args: str) -> click.testing.Result:  # in a thread: the commands run their own loop
+        return await asyncio.to_thread(runner.invoke, args=["asynctasq", *args])
+
+    previous = asynctasq.get_config()
+    try:
+        out = await invoke("dispatch", RESET, "--kwargs", '{"user_id": 21}')
+        assert out.exit_code == 0, out.output
+        task_id = out.output.strip()
+        assert await ready_on(s.config_for("email"), "email") == 1  # the task's queue, its connection
+        out = await invoke("dispatch", RESET, "--args", "[22]", "--queue", "priority")
+        assert out.exit_code == 0, out.output
+        assert await ready_on(s.config, "priority") == 1
+        with app.app_context():
+            await broken.enqueue("on purpose")
+        out = await invoke("info")
+        assert out.exit_code == 0, out.output
+        lines = out.output.splitlines()
+        assert sum(line.startswith("== ") for line in lines) == 2  # one block per connection
+        assert any(line.split()[:2] == ["default", "1"] for line in lines), out.output
+        assert any(line.split()[:2] == ["email", "1"] for line in lines), out.output
+        assert (await run_seed_worker(app)).failed == 1
+        assert (await run_seed_worker(app, ["email"])).succeeded == 1
+        assert ran_in_the_app(
+            await result_on(s.config_for("email"), task_id), "send_password_reset", user_id=21
+        )
+        out = await invoke("failed", "list")
+        assert out.exit_code == 0, out.output
+        assert "tests.flaskrq_app.broken" in out.output and "ValueError: on purpose" in out.output
+        out = await invoke("failed", "requeue", "--queue", "default")
+        assert out.exit_code == 0 and "requeued 1 task(s)" in out.output, out.output
+        assert await ready_on(s.config, "default") == 1
+        out = await invoke("failed", "requeue")
+        assert out.exit_code == 2 and "name ids, --queue or --all" in out.output, out.output
+        out = await invoke("dispatch", RESET, "--queue", "emial")
+        assert out.exit_code == 1 and "'emial' is not configured" in out.output, out.output
+    finally:
+        asynctasq.configure(previous)

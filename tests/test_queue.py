@@ -298,3 +298,17 @@ def test_type_checkers_see_the_task_signature(tmp_path: Path) -> None:
     errors = [line for line in out.splitlines() if ": error:" in line]
     assert status == 1 and len(errors) == 1, out
     assert 'No overload variant of "enqueue" of "Queue" matches argument types' in errors[0]
+
+
+async def test_sync_code_on_a_loop_thread_blocks_and_sends(broker: dict[str, Any]) -> None:
+    """A sync helper called from a coroutine gets the value, not an awaitable to forget."""
+    q = Queue("helper")
+
+    def helper() -> Job:
+        return q.enqueue(multiply, 2, 21)
+
+    job = helper()
+    assert job.enqueued
+    assert await q.count() == 1
+    await work(broker, ["helper"])
+    assert await job.result(timeout=5) == 42
