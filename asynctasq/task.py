@@ -30,7 +30,7 @@ import functools
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import Any, ClassVar, Generic, NamedTuple, ParamSpec, TypeVar, overload
+from typing import Any, ClassVar, Generic, NamedTuple, ParamSpec, TypedDict, TypeVar, overload
 
 from asynctasq.config import Config, get_config
 from asynctasq.constants import DEFAULT_DISPATCH_TIMEOUT_S
@@ -195,6 +195,17 @@ def _define(
     )
     registry.add(definition)
     return TaskFunction(func, definition)
+
+
+class TaskOptions(TypedDict, total=False):
+    """The options of :func:`task`, for decorators built on it (``**options: Unpack[TaskOptions]``)."""
+
+    name: str | None
+    queue: str | None
+    max_attempts: int | None
+    timeout: float | None
+    retry_after: float | None
+    process: bool
 
 
 @overload

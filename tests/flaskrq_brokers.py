@@ -3,10 +3,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from asynctasq.config import Config
 from asynctasq.core.driver_factory import DriverFactory
@@ -15,6 +22,8 @@ from tests.backends import make_driver, unavailable
 from tests.backends.redis_backend import REDIS_URL
 
 SEED_BACKENDS = ["sqlite", "redis"]
+SEED_CONFIG_ENV = "TEST_FLASKRQ_CONFIG"
+"""The seed apps' ASYNCTASQ_* keys as a JSON object (worker processes read them from here)."""
 
 
 @dataclass
@@ -78,3 +87,60 @@ async def result_on(config: Config, task_id: str) -> Any:
     driver = DriverFactory.create_from_config(config)
     async with driver:
         return await result(task_id, timeout=10, driver=driver)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def clean_env(**more: str) -> dict[str, str]:
+    """This process's environment without ASYNCTASQ_* variables, plus ``more``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
+    env.update(more)
+    return env
+
+
+def app_cli(
+    framework: str, app_spec: str, *args: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``flask|quart --app APP_SPEC asynctasq ARGS...`` in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", framework, "--app", app_spec, "asynctasq", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def seed_cli(
+    framework: str, broker: Broker, *args: str, **app_config: Any
+) -> subprocess.CompletedProcess[str]:
+    """The seeds' app (tests/flaskrq_app.py or flaskrq_quart.py) from the command line."""
+    module = "flaskrq_app" if framework == "flask" else "flaskrq_quart"
+    env = clean_env(**{SEED_CONFIG_ENV: json.dumps(broker.app_config(**app_config))})
+    return app_cli(framework, f"tests.{module}:create_app", *args, env=env)
+
+
+def ran_in_the_app(value: object, task: str, **arguments: object) -> bool:
+    """Whether a seed task's return value says it ran in the seeds' app context."""
+    return value == {"task": task, "app": "my_app", "mark": "flask-rq seed app", **arguments}
+
+
+def reference_example(broker: Broker) -> dict[str, object]:
+    """The queues page's last block: RQ_QUEUES and RQ_QUEUE_CONNECTIONS with a second connection
+    and a queue sharing it by reference (RQ_CONNECTION is the broker's main one)."""
+    return {
+        "ASYNCTASQ_QUEUES": ["priority", "email", "email-priority"],
+        "ASYNCTASQ_QUEUE_CONNECTIONS": {"email": broker.other, "email-priority": "email"},
+    }
+
+
+@pytest.fixture(params=SEED_BACKENDS, name="broker")
+async def broker_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Broker]:
+    """Two connections on the backend, emptied afterwards."""
+    found = await open_broker(str(request.param), tmp_path)
+    try:
+        yield found
+    finally:
+        await close_broker(found)

@@ -10,7 +10,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,7 +47,16 @@ from tests.flask_app import (
 )
 from tests.flaskrq_app import CONFIG_ENV as FLASKRQ_CONFIG_ENV
 from tests.flaskrq_app import broken, send_password_reset, tq, update_stats
-from tests.flaskrq_brokers import SEED_BACKENDS, Broker, close_broker, open_broker, result_on
+from tests.flaskrq_brokers import (
+    Broker,
+    app_cli,
+    broker_fixture,  # noqa: F401 - the broker fixture
+    clean_env,
+    ran_in_the_app,
+    reference_example,
+    result_on,
+    seed_cli,
+)
 from tests.flaskrq_brokers import ready as ready_on
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -293,17 +302,8 @@ async def test_each_queue_goes_to_its_connection(
 
 
 def flask_cli(*args: str, db: Path, **app_config: object) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
-    env[DB_ENV] = str(db)
-    env[CONFIG_ENV] = json.dumps(app_config)
-    return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "tests.flask_app:create_app", "asynctasq", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=env,
-    )
+    env = clean_env(**{DB_ENV: str(db), CONFIG_ENV: json.dumps(app_config)})
+    return app_cli("flask", "tests.flask_app:create_app", *args, env=env)
 
 
 async def test_flask_asynctasq_worker_command(app: Flask, tmp_path: Path) -> None:
@@ -468,15 +468,6 @@ def test_the_docs_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.Mo
 # -- Flask-RQ's pages (seeds 000 and 002), block by block, on real brokers --------------------
 
 
-@pytest.fixture(params=SEED_BACKENDS)
-async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Broker]:
-    found = await open_broker(str(request.param), tmp_path)
-    try:
-        yield found
-    finally:
-        await close_broker(found)
-
-
 @pytest.fixture
 def seed_app(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Flask]]:
     """The seeds' create_app() on ``broker``; its config also reaches worker processes."""
@@ -503,10 +494,6 @@ async def run_seed_worker(app: Flask, queues: list[str] | None = None) -> Worker
         worker = tq.make_worker(queues, burst=True, install_signal_handlers=False)
     await worker.start()  # connects its own driver
     return worker
-
-
-def ran_in_the_app(value: object, task: str, **arguments: object) -> bool:
-    return value == {"task": task, "app": "my_app", "mark": "flask-rq seed app", **arguments}
 
 
 RESET = "tests.flaskrq_app.send_password_reset"
@@ -592,14 +579,6 @@ async def test_seed_a_queue_on_another_connection(broker: Broker, seed_app: Call
     assert ran_in_the_app(await result_on(s.config, stats.id), "update_stats", data={})
 
 
-def reference_example(broker: Broker) -> dict[str, object]:
-    """The seed's last block: RQ_CONNECTION, RQ_QUEUES, RQ_QUEUE_CONNECTIONS with a reference."""
-    return {
-        "ASYNCTASQ_QUEUES": ["priority", "email", "email-priority"],
-        "ASYNCTASQ_QUEUE_CONNECTIONS": {"email": broker.other, "email-priority": "email"},
-    }
-
-
 async def test_seed_queues_sharing_a_connection(broker: Broker, seed_app: Callable[..., Flask]) -> None:
     app = seed_app(**reference_example(broker))
     s = seed_settings(app)
@@ -641,20 +620,6 @@ def test_seed_unknown_queue_names_the_configured_ones(seed_app: Callable[..., Fl
             tq.queue.enqueue(print, "x")
 
 
-def seed_cli(broker: Broker, *args: str, **app_config: object) -> subprocess.CompletedProcess[str]:
-    """``flask asynctasq ...`` in a process of its own, on the seeds' app."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
-    env[FLASKRQ_CONFIG_ENV] = json.dumps(broker.app_config(**app_config))
-    return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "tests.flaskrq_app:create_app", "asynctasq", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=env,
-    )
-
-
 async def test_seed_worker_cli_command(broker: Broker, seed_app: Callable[..., Flask]) -> None:
     """$ flask rq worker (all queues, the first one's connection) and
     $ flask rq worker email email-priority (email's connection)."""
@@ -663,12 +628,12 @@ async def test_seed_worker_cli_command(broker: Broker, seed_app: Callable[..., F
     s = seed_settings(app)
     with app.app_context():
         jobs = {q: await tq.queues[q].enqueue(send_password_reset, user_id=n) for n, q in enumerate(s.queues)}
-    out = await asyncio.to_thread(seed_cli, broker, "worker", **config)
+    out = await asyncio.to_thread(seed_cli, "flask", broker, "worker", **config)
     assert out.returncode == 0, out.stderr
     assert "listening on default, priority, email, email-priority" in out.stderr
     assert (await ready_on(s.config, "default"), await ready_on(s.config, "priority")) == (0, 0)
     assert await ready_on(s.config_for("email"), "email") == 1  # on the other connection: untouched
-    out = await asyncio.to_thread(seed_cli, broker, "worker", "email", "email-priority", **config)
+    out = await asyncio.to_thread(seed_cli, "flask", broker, "worker", "email", "email-priority", **config)
     assert out.returncode == 0, out.stderr
     for n, (q, job) in enumerate(jobs.items()):
         assert ran_in_the_app(await result_on(s.config_for(q), job.id), "send_password_reset", user_id=n)

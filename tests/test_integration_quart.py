@@ -27,7 +27,16 @@ from asynctasq.errors import ConfigError, TaskFailed
 from asynctasq.integrations import EXTENSION_KEY, AppSettings, load_app_worker
 from tests import flaskrq_quart as flaskrq
 from tests.conftest import wait_for
-from tests.flaskrq_brokers import SEED_BACKENDS, Broker, close_broker, open_broker, result_on
+from tests.flaskrq_brokers import (
+    Broker,
+    app_cli,
+    broker_fixture,  # noqa: F401 - the broker fixture
+    clean_env,
+    ran_in_the_app,
+    reference_example,
+    result_on,
+    seed_cli,
+)
 from tests.flaskrq_brokers import ready as ready_on
 from tests.flaskrq_quart import CONFIG_ENV as FLASKRQ_CONFIG_ENV
 from tests.flaskrq_quart import broken, send_password_reset, tq, update_stats
@@ -193,16 +202,7 @@ async def test_each_queue_goes_to_its_connection(make_app: Callable[..., Quart],
 
 
 def quart_cli(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
-    env[DB_ENV] = str(db)
-    return subprocess.run(
-        [sys.executable, "-m", "quart", "--app", "tests.quart_app:create_app", "asynctasq", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=env,
-    )
+    return app_cli("quart", "tests.quart_app:create_app", *args, env=clean_env(**{DB_ENV: str(db)}))
 
 
 async def test_quart_asynctasq_worker_command(app: Quart, tmp_path: Path) -> None:
@@ -254,15 +254,6 @@ def test_missing_quart_names_the_extra() -> None:
 # -- Flask-RQ's pages (seeds 000 and 002) in Quart, on real brokers ---------------------------
 
 
-@pytest.fixture(params=SEED_BACKENDS)
-async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Broker]:
-    found = await open_broker(str(request.param), tmp_path)
-    try:
-        yield found
-    finally:
-        await close_broker(found)
-
-
 @pytest.fixture
 async def seed_app(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., Quart]]:
     """The seeds' create_app() on ``broker``; its config also reaches worker processes."""
@@ -284,18 +275,6 @@ async def run_seed_worker(app: Quart, queues: list[str] | None = None) -> Worker
         worker = tq.make_worker(queues, burst=True, install_signal_handlers=False)
         await worker.start()  # connects its own driver
     return worker
-
-
-def ran_in_the_app(value: object, task: str, **arguments: object) -> bool:
-    return value == {"task": task, "app": "my_app", "mark": "flask-rq seed app", **arguments}
-
-
-def reference_example(broker: Broker) -> dict[str, object]:
-    """The queues page's last block: a second connection, shared by reference."""
-    return {
-        "ASYNCTASQ_QUEUES": ["priority", "email", "email-priority"],
-        "ASYNCTASQ_QUEUE_CONNECTIONS": {"email": broker.other, "email-priority": "email"},
-    }
 
 
 async def test_seed_queues_views_and_the_job_decorator(
@@ -362,19 +341,6 @@ async def test_seed_connections_and_the_worker_script(
     assert code == 0, log_path.read_text()
 
 
-def seed_cli(broker: Broker, *args: str, **app_config: object) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
-    env[FLASKRQ_CONFIG_ENV] = json.dumps(broker.app_config(**app_config))
-    return subprocess.run(
-        [sys.executable, "-m", "quart", "--app", "tests.flaskrq_quart:create_app", "asynctasq", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=env,
-    )
-
-
 async def test_seed_quart_asynctasq_commands(broker: Broker, seed_app: Callable[..., Quart]) -> None:
     """quart asynctasq worker [QUEUES]..., info, failed and dispatch, on the app's config."""
     config = {**reference_example(broker), "ASYNCTASQ_BURST": True}
@@ -384,11 +350,11 @@ async def test_seed_quart_asynctasq_commands(broker: Broker, seed_app: Callable[
         first = await tq.queue.enqueue(update_stats, data={"n": 1})
         mail = await send_password_reset.enqueue(user_id=5)
         await broken.enqueue("on purpose")
-    out = await asyncio.to_thread(seed_cli, broker, "worker", **config)
+    out = await asyncio.to_thread(seed_cli, "quart", broker, "worker", **config)
     assert out.returncode == 0, out.stderr
     assert ran_in_the_app(await result_on(s.config, first.id), "update_stats", data={"n": 1})
     assert await ready_on(s.config_for("email"), "email") == 1  # another connection: untouched
-    out = await asyncio.to_thread(seed_cli, broker, "worker", "email", "email-priority", **config)
+    out = await asyncio.to_thread(seed_cli, "quart", broker, "worker", "email", "email-priority", **config)
     assert out.returncode == 0, out.stderr
     assert ran_in_the_app(await result_on(s.config_for("email"), mail.id), "send_password_reset", user_id=5)
     runner = app.test_cli_runner()

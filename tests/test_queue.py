@@ -280,15 +280,23 @@ def test_type_checkers_see_the_task_signature(tmp_path: Path) -> None:
     source = textwrap.dedent(
         """
         from asynctasq import Job, Queue, task
+        from asynctasq.integrations.flask import AsyncTasQ
+
+        tq = AsyncTasQ()
 
         @task
         def multiply(x: int, y: int) -> int:
             return x * y
 
+        @tq.job(queue="email")
+        def send_password_reset(user_id: int) -> None: ...
+
         async def main() -> None:
             q = Queue("low")
             job: Job = await q.enqueue(multiply, 20, 40)
             q.enqueue(multiply, "20", 40)
+            send_password_reset.enqueue(user_id=7)
+            send_password_reset.enqueue(user="7")
         """
     )
     path = os.path.join(str(tmp_path), "snippet.py")
@@ -296,8 +304,9 @@ def test_type_checkers_see_the_task_signature(tmp_path: Path) -> None:
         f.write(source)
     out, _, status = api.run(["--strict", "--no-incremental", "--cache-dir", os.devnull, path])
     errors = [line for line in out.splitlines() if ": error:" in line]
-    assert status == 1 and len(errors) == 1, out
+    assert status == 1 and len(errors) == 2, out
     assert 'No overload variant of "enqueue" of "Queue" matches argument types' in errors[0]
+    assert 'Unexpected keyword argument "user" for "enqueue" of "AppTask"' in errors[1]
 
 
 async def test_sync_code_on_a_loop_thread_blocks_and_sends(broker: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, Unpack, overload
 
 from asynctasq.config import Config, SettingInfo
 from asynctasq.constants import DEFAULT_DISPATCH_TIMEOUT_S
@@ -35,7 +35,7 @@ from asynctasq.drivers.base import validate_queue_name
 from asynctasq.errors import AsyncTasQError, ConfigError
 from asynctasq.message import Envelope
 from asynctasq.queue import Job, Queue, in_event_loop
-from asynctasq.task import Producer, Task, TaskCall, TaskFunction, run_sync
+from asynctasq.task import Producer, Task, TaskCall, TaskFunction, TaskOptions, run_sync
 from asynctasq.task import task as define_task
 
 if TYPE_CHECKING:
@@ -541,30 +541,10 @@ class BaseAsyncTasQ(ABC, Generic[AppT]):
     def task(self, func: Callable[P, R], /) -> AppTask[P, R]: ...
     @overload
     def task(
-        self,
-        func: None = None,
-        /,
-        *,
-        name: str | None = None,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        timeout: float | None = None,
-        retry_after: float | None = None,
-        process: bool = False,
+        self, func: None = None, /, **options: Unpack[TaskOptions]
     ) -> Callable[[Callable[P, R]], AppTask[P, R]]: ...
 
-    def task(
-        self,
-        func: Callable[..., Any] | None = None,
-        /,
-        *,
-        name: str | None = None,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        timeout: float | None = None,
-        retry_after: float | None = None,
-        process: bool = False,
-    ) -> Any:
+    def task(self, func: Callable[..., Any] | None = None, /, **options: Unpack[TaskOptions]) -> Any:
         """Register ``func`` as a task (the options of :func:`asynctasq.task`) that also has
         ``func.enqueue(...)`` on its queue through this extension::
 
@@ -577,15 +557,7 @@ class BaseAsyncTasQ(ABC, Generic[AppT]):
         """
 
         def decorate(f: Callable[..., Any]) -> AppTask[..., Any]:
-            defined = define_task(
-                name=name,
-                queue=queue,
-                max_attempts=max_attempts,
-                timeout=timeout,
-                retry_after=retry_after,
-                process=process,
-            )(f)
-            return AppTask(defined, self)
+            return AppTask(define_task(**options)(f), self)
 
         if func is not None:
             return decorate(func)
@@ -775,22 +747,12 @@ def app_commands(settings: Callable[[], AppSettings]) -> list[click.Command]:
             help="List failed tasks with their error.",
         )
     )
-    failed.add_command(
-        click.Command(
-            "requeue",
-            callback=guarded(failed_bulk(cli.failed_requeue)),
-            params=[ids, only_queue, every],
-            help="Put failed tasks back on their queue.",
+    for name, bulk in (("requeue", cli.failed_requeue), ("purge", cli.failed_purge)):
+        failed.add_command(
+            click.Command(
+                name, callback=guarded(failed_bulk(bulk)), params=[ids, only_queue, every], help=bulk.__doc__
+            )
         )
-    )
-    failed.add_command(
-        click.Command(
-            "purge",
-            callback=guarded(failed_bulk(cli.failed_purge)),
-            params=[ids, only_queue, every],
-            help="Delete failed tasks for good.",
-        )
-    )
     return [
         click.Command(
             "info",
