@@ -6,7 +6,7 @@ import asyncio
 import importlib
 import json
 import os
-import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -437,32 +437,74 @@ def test_missing_flask_names_the_extra() -> None:
     assert 'pip install "asynctasq[flask]"' in out.stderr
 
 
-def test_the_docs_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def doc_blocks(kind: str) -> list[str]:
+    """The ``kind`` code blocks of docs/integrations.md's Flask part (up to "## Quart")."""
     text = (ROOT / "docs" / "integrations.md").read_text()
-    section = text[text.index("## Flask") :]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match
-    (tmp_path / "myapp.py").write_text(match.group(1))
+    section = text[text.index("## Flask\n") : text.index("## Quart\n")]
+    blocks: list[tuple[str, list[str]]] = []
+    inside = False
+    for line in section.splitlines():
+        if line.startswith("```"):
+            inside = not inside
+            if inside:
+                blocks.append((line[3:], []))
+        elif inside:
+            blocks[-1][1].append(line)
+    return ["\n".join(lines) + "\n" for lang, lines in blocks if lang == kind]
+
+
+def test_every_flask_example_of_the_docs_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = {block.splitlines()[0]: block for block in doc_blocks("python")}
+    assert set(blocks) == {"# myapp.py", "# my_worker.py", "# my_async_worker.py", "app.config.update("}
+    for name in ("myapp.py", "my_worker.py", "my_async_worker.py"):
+        (tmp_path / name).write_text(blocks[f"# {name}"])
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "myapp", raising=False)
     myapp = importlib.import_module("myapp")
     app = myapp.create_app()
-    try:
-        response = app.test_client().post("/users/7")
-        assert response.status_code == 200, response.text
-        task_id = response.json["task"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
-        command = ["-m", "flask", "--app", "myapp:create_app", "asynctasq", "worker", "--burst"]
-        out = subprocess.run(
-            [sys.executable, *command], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env
-        )
+    env = clean_env(ASYNCTASQ_BURST="1", PYTHONPATH=str(tmp_path))  # burst: the workers return
+
+    def run(*argv: str) -> str:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
         assert out.returncode == 0, out.stderr
-        assert asyncio.run(result_of(app, task_id, "email")) == "welcome 7 from myapp"
+        return out.stdout
+
+    try:
+        signup = app.test_client().post("/users/7")  # the sync view
+        stats = app.test_client().post("/stats")  # the async view
+        assert (signup.status_code, stats.status_code) == (200, 200), (signup.text, stats.text)
+        (commands,) = doc_blocks("")
+        dispatched: list[str] = []
+        for line in commands.splitlines():
+            argv = shlex.split(line.partition("#")[0])
+            assert argv[:4] == ["flask", "--app", "myapp:create_app", "asynctasq"], line
+            output = run(sys.executable, "-m", *argv)
+            if argv[4] == "dispatch":
+                dispatched.append(output.strip())
+            if argv[4] == "info":
+                assert "email" in output and "worker(s)" in output
+        assert asyncio.run(result_of(app, signup.json["task"], "email")) == "welcome 7 from myapp"  # type: ignore[index]
+        assert asyncio.run(result_of(app, stats.json["task"])) == 1  # type: ignore[index]
+        run(sys.executable, "my_worker.py")  # takes the task of the dispatch line
+        assert asyncio.run(result_of(app, dispatched[0], "email")) == "welcome 7 from myapp"
+        with app.app_context():
+            job = myapp.send_welcome.enqueue(8)
+        run(sys.executable, "my_async_worker.py")
+        assert asyncio.run(result_of(app, job.id, "email")) == "welcome 8 from myapp"
     finally:
         with app.app_context():
-            myapp.tasks.close()
+            myapp.tq.close()
         sys.modules.pop("myapp", None)
+    example = Flask("docs")
+    exec(blocks["app.config.update("], {"app": example})
+    s = AppSettings(example.config)
+    assert {q: s.config_for(q).redis_url for q in s.queues} == {
+        "default": "redis://redis.internal:6379",
+        "priority": "redis://redis.internal:6379",
+        "email": "redis://mail-redis.internal:6379",
+        "email-priority": "redis://mail-redis.internal:6379",
+    }
 
 
 # -- Flask-RQ's pages (seeds 000 and 002), block by block, on real brokers --------------------
