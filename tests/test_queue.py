@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import textwrap
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -321,3 +322,31 @@ async def test_sync_code_on_a_loop_thread_blocks_and_sends(broker: dict[str, Any
     assert await q.count() == 1
     await work(broker, ["helper"])
     assert await job.result(timeout=5) == 42
+
+
+async def test_the_docs_example_runs(
+    broker: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "tasks.md").read_text()
+    section = text[text.index("## Queues\n") :]
+    (tmp_path / "queues_example.py").write_text(
+        section[section.index("```python\n") + 10 : section.index("```\n")]
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import queues_example  # type: ignore[import-not-found]
+
+    try:
+        driver = DriverFactory.create_from_config(Config(**broker))
+        async with driver:
+            worker = Worker(driver, queues=["default", "low"], install_signal_handlers=False)
+            running = asyncio.create_task(worker.start())
+            try:
+                assert await queues_example.produce() == 800
+                assert await asyncio.to_thread(queues_example.produce_sync) == 800
+            finally:
+                worker.stop()
+                await running
+        assert (await stats(broker, "low"))["delayed"] == 1
+    finally:
+        registry.remove("queues_example.multiply")
+        sys.modules.pop("queues_example", None)
