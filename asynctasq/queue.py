@@ -159,13 +159,14 @@ class Queue:
 
     # -- both worlds -----------------------------------------------------------------------
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
-        """Where an awaited operation runs (the calling loop; the Flask extension overrides it)."""
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> Awaitable[T]:
+        """Where an awaited operation runs: the calling loop (an app's queue may run it on
+        another, waiting up to ``timeout``)."""
         return coro
 
     def _either(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> Any:
         if called_from_async_code():
-            return self._run(coro)
+            return self._run(coro, timeout)
         if self._driver is not None:
             coro.close()
             raise TaskDefinitionError(

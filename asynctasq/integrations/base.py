@@ -7,7 +7,9 @@ app context a task runs in, and how an async view's dispatch reaches the produce
     class AsyncTasQ(BaseAsyncTasQ[flask.Flask]):
         def _current_app(self) -> flask.Flask | None: ...
         def _app_context(self, app: flask.Flask) -> AbstractAsyncContextManager[Any]: ...
-        async def _produce(self, dispatching: Coroutine[Any, Any, T]) -> T: ...
+        async def _produce(
+        self, dispatching: Coroutine[Any, Any, T], timeout: float | None = DEFAULT_DISPATCH_TIMEOUT_S
+    ) -> T: ...
 
 Nothing here imports a web framework; click is imported when an app's CLI group is made.
 """
@@ -419,13 +421,16 @@ class AppQueue(Queue):
     awaitables in async code; the framework decides where an awaited call runs."""
 
     def __init__(
-        self, name: str, producer: Producer, produce: Callable[[Coroutine[Any, Any, Any]], Awaitable[Any]]
-    ):
+        self,
+        name: str,
+        producer: Producer,
+        produce: Callable[[Coroutine[Any, Any, Any], float | None], Awaitable[Any]],
+    ) -> None:
         super().__init__(name, producer=producer)
         self._produce = produce
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
-        return self._produce(coro)
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> Awaitable[T]:
+        return self._produce(coro, timeout)
 
 
 class AppQueues(Mapping[str, AppQueue]):
@@ -507,8 +512,11 @@ class BaseAsyncTasQ(ABC, Generic[AppT]):
         """A new app context of ``app``, entered around one task."""
 
     @abstractmethod
-    async def _produce(self, dispatching: Coroutine[Any, Any, T]) -> T:
-        """Run a producer coroutine for an async view (on the loop whose connections it uses)."""
+    async def _produce(
+        self, dispatching: Coroutine[Any, Any, T], timeout: float | None = DEFAULT_DISPATCH_TIMEOUT_S
+    ) -> T:
+        """Run a producer coroutine for an async view (on the loop whose connections it uses),
+        waiting up to ``timeout`` seconds where it waits on another loop."""
 
     def _setup(self, app: AppT, state: AppState[AppT]) -> None:
         """Anything more ``init_app`` does for the framework."""

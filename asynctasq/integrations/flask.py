@@ -66,8 +66,10 @@ class AsyncTasQ(BaseAsyncTasQ[flask.Flask]):
     def _app_context(self, app: flask.Flask) -> contextlib.AbstractAsyncContextManager[None]:
         return _app_context(app)
 
-    async def _produce(self, dispatching: Coroutine[Any, Any, T]) -> T:
-        return await asyncio.to_thread(run_sync, dispatching, DEFAULT_DISPATCH_TIMEOUT_S)
+    async def _produce(
+        self, dispatching: Coroutine[Any, Any, T], timeout: float | None = DEFAULT_DISPATCH_TIMEOUT_S
+    ) -> T:
+        return await asyncio.to_thread(run_sync, dispatching, timeout)
 
     def close(self) -> None:
         """Disconnect the app's producer connections (they reconnect on the next dispatch)."""

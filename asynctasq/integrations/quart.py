@@ -37,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
     raise missing_framework("Quart", "quart") from exc
 
+from asynctasq.constants import DEFAULT_DISPATCH_TIMEOUT_S
 from asynctasq.integrations.base import AppState, BaseAsyncTasQ
 
 T = TypeVar("T")
@@ -57,7 +58,9 @@ class AsyncTasQ(BaseAsyncTasQ[quart.Quart]):
     def _app_context(self, app: quart.Quart) -> AbstractAsyncContextManager[None]:
         return _app_context(app)
 
-    async def _produce(self, dispatching: Coroutine[Any, Any, T]) -> T:
+    async def _produce(
+        self, dispatching: Coroutine[Any, Any, T], timeout: float | None = DEFAULT_DISPATCH_TIMEOUT_S
+    ) -> T:
         return await dispatching
 
     def _setup(self, app: quart.Quart, state: AppState[quart.Quart]) -> None:
