@@ -180,6 +180,33 @@ def test_bad_queue_connections(connections: object, message: str) -> None:
         create_app(ASYNCTASQ_QUEUE_CONNECTIONS=connections)
 
 
+def test_the_connection_key(tmp_path: Path) -> None:
+    s = settings(flaskrq.create_app(ASYNCTASQ_CONNECTION=f"sqlite:///{tmp_path / 'a.db'}"))
+    assert (s.config.driver, s.config.sqlite_path) == ("sqlite", str(tmp_path / "a.db"))
+    s = settings(
+        flaskrq.create_app(ASYNCTASQ_CONNECTION="postgresql://app@db/app", ASYNCTASQ_DRIVER="postgres")
+    )
+    assert (s.config.driver, s.config.postgres_dsn) == ("postgres", "postgresql://app@db/app")
+    s = settings(flaskrq.create_app(ASYNCTASQ_CONNECTION="plain.db"))  # not a URL: the driver's setting
+    assert s.config.sqlite_path == "plain.db"
+    s = settings(
+        flaskrq.create_app(
+            ASYNCTASQ_QUEUES=["email"], ASYNCTASQ_QUEUE_CONNECTIONS={"email": "redis://mail:6379/2"}
+        )
+    )
+    assert (s.config_for("email").driver, s.config_for("email").redis_url) == ("redis", "redis://mail:6379/2")
+    with pytest.raises(ConfigError, match="is a redis URL but ASYNCTASQ_DRIVER is 'sqlite'"):
+        flaskrq.create_app(ASYNCTASQ_CONNECTION="redis://x", ASYNCTASQ_DRIVER="sqlite")
+    with pytest.raises(ConfigError, match="ASYNCTASQ_CONNECTION or ASYNCTASQ_SQLITE_PATH, not both"):
+        create_app(ASYNCTASQ_CONNECTION="sqlite:///b.db")  # this create_app sets ASYNCTASQ_SQLITE_PATH
+    with pytest.raises(ConfigError, match="must be a URL or a path"):
+        flaskrq.create_app(ASYNCTASQ_CONNECTION=["redis://x"])
+    with pytest.raises(ConfigError, match="memory driver cannot be set up from a URL"):
+        flaskrq.create_app(
+            ASYNCTASQ_QUEUES=["email"], ASYNCTASQ_QUEUE_CONNECTIONS={"email": "memory://other"}
+        )
+
+
 def test_a_string_needs_a_driver_with_a_connection_url() -> None:
     with pytest.raises(ConfigError, match="memory driver has no connection URL"):
         create_app(ASYNCTASQ_DRIVER="memory", ASYNCTASQ_QUEUE_CONNECTIONS={"email": "x"})

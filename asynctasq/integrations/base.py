@@ -61,6 +61,7 @@ APP_NAMES = ("app", "application", "create_app", "make_app")
 
 _BY_NAME = {s.name: s.name for s in Config.settings()}
 _BY_KEY = {s.env: s.name for s in Config.settings()}
+_ENV_OF = {s.name: s.env for s in Config.settings()}
 
 
 def missing_framework(framework: str, extra: str) -> ImportError:
@@ -163,6 +164,9 @@ class AppSettings:
                     f"{CONNECTION_KEY} is a {given['driver']} URL but ASYNCTASQ_DRIVER is "
                     f"{settings['driver']!r}: drop one of them"
                 )
+            twice = [_ENV_OF[name] for name in given if name != "driver" and name in settings]
+            if twice:
+                raise ConfigError(f"give {CONNECTION_KEY} or {', '.join(twice)}, not both")
             settings.update(given)
         base = Config(**settings)
         queues = list(dict.fromkeys(base.queues))
