@@ -674,6 +674,17 @@ async def test_seed_queues_sharing_a_connection(broker: Broker, seed_app: Callab
     assert len(seed_settings(ignored).connections) == 1
 
 
+async def test_the_decorators_on_an_existing_task(seed_app: Callable[..., Flask]) -> None:
+    app = seed_app(ASYNCTASQ_QUEUES=["email"])
+    wrapped = tq.task(greeting)  # a task of tests/flask_app.py: same definition, plus enqueue
+    assert wrapped.definition is greeting.definition
+    with pytest.raises(TaskDefinitionError, match="is a task already"):
+        tq.job(queue="email")(greeting)
+    with app.app_context():
+        job = await wrapped.enqueue("decorated")
+    assert (job.queue, job.task) == ("default", "flask_app.greeting")
+
+
 def test_seed_unknown_queue_names_the_configured_ones(seed_app: Callable[..., Flask]) -> None:
     app = seed_app(ASYNCTASQ_QUEUES=["email", "priority"])
     with app.app_context():

@@ -34,7 +34,7 @@ from asynctasq.core.driver_factory import DriverFactory, driver_class
 from asynctasq.core.worker import TaskContextFactory, Worker
 from asynctasq.drivers import DRIVERS, SCHEMES
 from asynctasq.drivers.base import validate_queue_name
-from asynctasq.errors import AsyncTasQError, ConfigError
+from asynctasq.errors import AsyncTasQError, ConfigError, TaskDefinitionError
 from asynctasq.message import Envelope
 from asynctasq.queue import Job, Queue, in_event_loop
 from asynctasq.task import Producer, Task, TaskCall, TaskFunction, TaskOptions, run_sync
@@ -569,6 +569,10 @@ class BaseAsyncTasQ(ABC, Generic[AppT]):
         """
 
         def decorate(f: Callable[..., Any]) -> AppTask[..., Any]:
+            if isinstance(f, TaskFunction):  # a task already: give it enqueue(), keep its options
+                if options:
+                    raise TaskDefinitionError(f"{f.name} is a task already: give its options to @task")
+                return AppTask(f, self)
             return AppTask(define_task(**options)(f), self)
 
         if func is not None:
