@@ -7,9 +7,7 @@ app context a task runs in, and how an async view's dispatch reaches the produce
     class AsyncTasQ(BaseAsyncTasQ[flask.Flask]):
         def _current_app(self) -> flask.Flask | None: ...
         def _app_context(self, app: flask.Flask) -> AbstractAsyncContextManager[Any]: ...
-        async def _produce(
-        self, dispatching: Coroutine[Any, Any, T], timeout: float | None = DEFAULT_DISPATCH_TIMEOUT_S
-    ) -> T: ...
+        async def _produce(self, dispatching: Coroutine[Any, Any, T], timeout: float | None) -> T: ...
 
 Nothing here imports a web framework; click is imported when an app's CLI group is made.
 """
@@ -667,18 +665,16 @@ def call_cli(command: Callable[..., None], config: Config, **arguments: Any) -> 
     setting option of the command is passed from ``config``, so it reads no flags or
     environment of its own. Its exit (an error it printed) becomes the click command's."""
     import click
+    import typer
 
     flags = {
         name: getattr(config, name) for name in inspect.signature(command).parameters if name in _BY_NAME
     }
     try:
         command(**arguments, **flags)
-    except Exception as exc:
-        code = getattr(exc, "exit_code", None)
-        if type(exc).__name__ != "Exit" or not isinstance(code, int):
-            raise
-        if code:
-            raise click.exceptions.Exit(code) from None
+    except typer.Exit as exc:  # typer carries its own click: its Exit is not this click's
+        if exc.exit_code:
+            raise click.exceptions.Exit(exc.exit_code) from None
 
 
 def _connection_queues(settings: AppSettings, only: str | None) -> list[tuple[Config, list[str]]]:
