@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -350,3 +351,37 @@ async def test_the_docs_example_runs(
     finally:
         registry.remove("queues_example.multiply")
         sys.modules.pop("queues_example", None)
+
+
+def test_a_script_that_enqueues_its_own_functions_is_told_why(tmp_path: Path) -> None:
+    script = tmp_path / "send.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from asynctasq import Queue, task
+            from asynctasq.errors import TaskDefinitionError
+
+            @task
+            def multiply(x: int, y: int) -> int:
+                return x * y
+
+            def send_mail(message: str) -> None: ...
+
+            for func in (multiply, send_mail):
+                try:
+                    Queue("low").enqueue(func, 1, 2)
+                except TaskDefinitionError as exc:
+                    print(exc)
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
+    env["ASYNCTASQ_SQLITE_PATH"] = str(tmp_path / "never.db")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    task_line, function_line = out.stdout.splitlines()
+    assert task_line.startswith("task __main__.multiply is defined in __main__ (the script being run)")
+    assert "would never find this one" in task_line
+    assert function_line.startswith("send_mail is not a task: decorate it with @task")
+    assert "defined in __main__" in function_line
+    assert not (tmp_path / "never.db").exists()  # refused before any connection
