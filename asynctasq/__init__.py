@@ -24,6 +24,7 @@ from asynctasq.errors import (
     TaskFailed,
     UnknownTaskError,
 )
+from asynctasq.queue import Job, Queue
 from asynctasq.task import Task, TaskCall, TaskFunction, dispatch_many, result, task
 
 __version__ = "0.1.0"
@@ -36,6 +37,8 @@ __all__ = [
     "Delivery",
     "DriverError",
     "DriverFactory",
+    "Job",
+    "Queue",
     "ResultTimeout",
     "Retry",
     "Task",

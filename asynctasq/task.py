@@ -30,7 +30,7 @@ import functools
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
+from typing import Any, ClassVar, Generic, NamedTuple, ParamSpec, TypedDict, TypeVar, overload
 
 from asynctasq.config import Config, get_config
 from asynctasq.constants import DEFAULT_DISPATCH_TIMEOUT_S
@@ -43,8 +43,6 @@ from asynctasq.serializers import get_serializer, loads_any
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
-
-"""How long a dispatch from sync code waits for the broker."""
 
 
 def default_task_name(target: Any) -> str:
@@ -116,13 +114,15 @@ class TaskCall:
         self._retry_after = seconds
         return self
 
-    def envelope(self, config: Config) -> Envelope:
+    def envelope(self, config: Config, queue: str | None = None) -> Envelope:
+        """The message of this call, its defaults from ``config``; ``queue`` overrides the
+        call's queue (``Queue("low").enqueue(...)``)."""
         d = self.definition
         return Envelope(
             task=d.name,
             args=list(self.args),
             kwargs=self.kwargs,
-            queue=self._queue or d.queue or config.default_queue,
+            queue=queue or self._queue or d.queue or config.default_queue,
             max_attempts=self._max_attempts or d.max_attempts or config.default_max_attempts,
             timeout=self._timeout if self._timeout is not None else (d.timeout or config.default_timeout),
             retry_after=(
@@ -195,6 +195,17 @@ def _define(
     )
     registry.add(definition)
     return TaskFunction(func, definition)
+
+
+class TaskOptions(TypedDict, total=False):
+    """The options of :func:`task`, for decorators built on it (``**options: Unpack[TaskOptions]``)."""
+
+    name: str | None
+    queue: str | None
+    max_attempts: int | None
+    timeout: float | None
+    retry_after: float | None
+    process: bool
 
 
 @overload
@@ -328,6 +339,14 @@ _Drivers = dict[int, "BaseDriver | asyncio.Task[BaseDriver]"]
 driver replaces its task, which would keep the loop alive)."""
 
 
+class Encoded(NamedTuple):
+    """A call ready to send: the index of its connection, its task id and the enqueue item."""
+
+    connection: int
+    task_id: str
+    item: EnqueueItem
+
+
 class Producer:
     """Enqueues task calls through connected drivers, one per connection and event loop (a
     driver belongs to the loop it connected on), each connected on first use.
@@ -336,50 +355,72 @@ class Producer:
     every queue that ``route`` does not send elsewhere: ``route(queue)`` is the index in
     ``connections`` of the queue's connection, and may raise to refuse a queue. ``dispatch()``
     and :func:`dispatch_many` use :func:`default_producer`, one connection on the process-wide
-    config; the Flask and Quart extensions make one over an app's per-queue connections::
+    config; the Flask and Quart extensions make one over an app's per-queue connections;
+    ``make_driver(config)`` makes a connection's driver (default: from the config)::
 
         producer = Producer([main, mail], route=lambda queue: 1 if queue == "email" else 0)
         await producer.dispatch(send_welcome(7).on_queue("email"))  # enqueued on mail
         await producer.close()
     """
 
-    def __init__(self, connections: Sequence[Config], route: Callable[[str], int] | None = None) -> None:
+    def __init__(
+        self,
+        connections: Sequence[Config],
+        route: Callable[[str], int] | None = None,
+        *,
+        make_driver: Callable[[Config], BaseDriver] | None = None,
+    ) -> None:
         if not connections:
             raise ValueError("a producer needs at least one connection")
         self.connections = list(connections)
         self.config = self.connections[0]
         self._route = route
+        self._make_driver = make_driver
         self._serializers = [get_serializer(c.serializer) for c in self.connections]
         self._drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Drivers] = (
             weakref.WeakKeyDictionary()
         )
 
-    def _encode(self, call: TaskCall | Task) -> tuple[int, str, EnqueueItem]:
+    def connection_index(self, queue: str) -> int:
+        """The index in :attr:`connections` of ``queue``'s connection (may raise for a queue
+        the route refuses)."""
+        return 0 if self._route is None else self._route(queue)
+
+    def encode(self, call: TaskCall | Task, queue: str | None = None, delay: float | None = None) -> Encoded:
+        """``call`` as a message for its queue's connection; ``queue`` and ``delay`` override
+        the call's own. Raises at once for a queue the route refuses or an unencodable argument."""
         tc = call.call() if isinstance(call, Task) else call
-        env = tc.envelope(self.config)
-        index = 0 if self._route is None else self._route(env.queue)
-        return index, env.id, EnqueueItem(env.queue, env.encode(self._serializers[index]), tc._delay)
+        env = tc.envelope(self.config, queue)
+        index = self.connection_index(env.queue)
+        body = env.encode(self._serializers[index])
+        return Encoded(index, env.id, EnqueueItem(env.queue, body, tc._delay if delay is None else delay))
+
+    async def send(self, encoded: Sequence[Encoded], driver: BaseDriver | None = None) -> None:
+        """Enqueue encoded calls, one batch per connection (one in all on ``driver``)."""
+        batches: dict[int, list[EnqueueItem]] = {}
+        for index, _, item in encoded:
+            batches.setdefault(0 if driver is not None else index, []).append(item)
+        for index, items in batches.items():
+            target = driver or await self.driver(index)
+            if len(encoded) == 1:  # one call: the single enqueue
+                await target.enqueue(items[0].queue, items[0].body, items[0].delay)
+            else:
+                await target.enqueue_many(items)
 
     async def dispatch(self, call: TaskCall | Task, driver: BaseDriver | None = None) -> str:
         """Enqueue ``call`` on its queue's connection (or on ``driver``); return the task id."""
-        index, task_id, item = self._encode(call)
-        await (driver or await self.driver(index)).enqueue(item.queue, item.body, item.delay)
-        return task_id
+        encoded = self.encode(call)
+        await self.send([encoded], driver)
+        return encoded.task_id
 
     async def dispatch_many(
         self, calls: Iterable[TaskCall | Task], driver: BaseDriver | None = None
     ) -> list[str]:
         """Enqueue ``calls``, one batch per connection (one in all on ``driver``); return their
         ids in order."""
-        ids: list[str] = []
-        batches: dict[int, list[EnqueueItem]] = {}
-        for call in calls:
-            index, task_id, item = self._encode(call)
-            ids.append(task_id)
-            batches.setdefault(0 if driver is not None else index, []).append(item)
-        for index, items in batches.items():
-            await (driver or await self.driver(index)).enqueue_many(items)
-        return ids
+        encoded = [self.encode(call) for call in calls]
+        await self.send(encoded, driver)
+        return [e.task_id for e in encoded]
 
     async def driver(self, index: int = 0) -> BaseDriver:
         """The connected driver of ``connections[index]`` in the running loop."""
@@ -389,7 +430,7 @@ class Producer:
             drivers = self._drivers[loop] = {}
         pending = drivers.get(index)
         if pending is None:
-            pending = drivers[index] = loop.create_task(_connect(self.connections[index]))
+            pending = drivers[index] = loop.create_task(self._connect(index))
         elif not isinstance(pending, asyncio.Task):
             return pending
         try:
@@ -400,6 +441,17 @@ class Producer:
             raise
         if drivers.get(index) is pending:
             drivers[index] = driver
+        return driver
+
+    async def _connect(self, index: int) -> BaseDriver:
+        config = self.connections[index]
+        if self._make_driver is None:
+            from asynctasq.core.driver_factory import DriverFactory
+
+            driver = DriverFactory.create_from_config(config)
+        else:
+            driver = self._make_driver(config)
+        await driver.connect()
         return driver
 
     async def close(self) -> None:
@@ -426,14 +478,6 @@ class Producer:
 
 
 _closing: set[asyncio.Task[None]] = set()
-
-
-async def _connect(config: Config) -> BaseDriver:
-    from asynctasq.core.driver_factory import DriverFactory
-
-    driver = DriverFactory.create_from_config(config)
-    await driver.connect()
-    return driver
 
 
 async def _disconnect(drivers: _Drivers) -> None:
@@ -513,3 +557,20 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = DEFAULT_DISPA
         coro.close()
         raise TaskDefinitionError("dispatch_sync() called inside a running event loop: use await .dispatch()")
     return asyncio.run_coroutine_threadsafe(coro, _portal()).result(timeout)
+
+
+def block_on(coro: Coroutine[Any, Any, T], timeout: float | None = DEFAULT_DISPATCH_TIMEOUT_S) -> T:
+    """:func:`run_sync` for sync code that may run on another event loop's thread (a sync
+    helper called from a coroutine): it blocks that thread, loop included, until done. Only
+    the background loop's own thread is refused, where waiting would never end."""
+    portal = _portal()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is portal:
+        coro.close()
+        raise TaskDefinitionError(
+            "a blocking call on the background loop itself would wait forever: await it"
+        )
+    return asyncio.run_coroutine_threadsafe(coro, portal).result(timeout)

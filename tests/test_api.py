@@ -24,6 +24,8 @@ EXPECTED = {
     "Delivery",
     "DriverError",
     "DriverFactory",
+    "Job",
+    "Queue",
     "ResultTimeout",
     "Retry",
     "Task",

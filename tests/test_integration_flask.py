@@ -6,7 +6,7 @@ import asyncio
 import importlib
 import json
 import os
-import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("flask")
 
 import click
+import click.testing
 from flask import Flask
 
 import asynctasq
@@ -26,8 +27,9 @@ from asynctasq.core.driver_factory import DriverFactory
 from asynctasq.core.worker import Worker
 from asynctasq.drivers.base import EnqueueItem
 from asynctasq.drivers.sqlite import SQLiteDriver
-from asynctasq.errors import ConfigError, TaskFailed
+from asynctasq.errors import ConfigError, TaskDefinitionError, TaskFailed
 from asynctasq.integrations import EXTENSION_KEY, AppSettings, load_app_worker
+from tests import flaskrq_app as flaskrq
 from tests.conftest import wait_for
 from tests.flask_app import (
     CONFIG_ENV,
@@ -43,6 +45,19 @@ from tests.flask_app import (
     tasks,
     waits,
 )
+from tests.flaskrq_app import CONFIG_ENV as FLASKRQ_CONFIG_ENV
+from tests.flaskrq_app import broken, send_password_reset, tq, update_stats
+from tests.flaskrq_brokers import (
+    Broker,
+    app_cli,
+    broker_fixture,  # noqa: F401 - the broker fixture
+    clean_env,
+    ran_in_the_app,
+    reference_example,
+    result_on,
+    seed_cli,
+)
+from tests.flaskrq_brokers import ready as ready_on
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -153,8 +168,6 @@ def test_queue_connections(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("connections", "message"),
     [
-        ({"emial": "x.db"}, "'emial', which is not configured"),
-        ({"default": "x.db"}, "always uses the app's own"),
         ({"email": "priority", "priority": "email"}, "refer to each other"),
         ({"email": "email"}, "refer to each other"),
         ({"email": 5}, "must be a dict of settings"),
@@ -165,6 +178,33 @@ def test_queue_connections(tmp_path: Path) -> None:
 def test_bad_queue_connections(connections: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         create_app(ASYNCTASQ_QUEUE_CONNECTIONS=connections)
+
+
+def test_the_connection_key(tmp_path: Path) -> None:
+    s = settings(flaskrq.create_app(ASYNCTASQ_CONNECTION=f"sqlite:///{tmp_path / 'a.db'}"))
+    assert (s.config.driver, s.config.sqlite_path) == ("sqlite", str(tmp_path / "a.db"))
+    s = settings(
+        flaskrq.create_app(ASYNCTASQ_CONNECTION="postgresql://app@db/app", ASYNCTASQ_DRIVER="postgres")
+    )
+    assert (s.config.driver, s.config.postgres_dsn) == ("postgres", "postgresql://app@db/app")
+    s = settings(flaskrq.create_app(ASYNCTASQ_CONNECTION="plain.db"))  # not a URL: the driver's setting
+    assert s.config.sqlite_path == "plain.db"
+    s = settings(
+        flaskrq.create_app(
+            ASYNCTASQ_QUEUES=["email"], ASYNCTASQ_QUEUE_CONNECTIONS={"email": "redis://mail:6379/2"}
+        )
+    )
+    assert (s.config_for("email").driver, s.config_for("email").redis_url) == ("redis", "redis://mail:6379/2")
+    with pytest.raises(ConfigError, match="is a redis URL but ASYNCTASQ_DRIVER is 'sqlite'"):
+        flaskrq.create_app(ASYNCTASQ_CONNECTION="redis://x", ASYNCTASQ_DRIVER="sqlite")
+    with pytest.raises(ConfigError, match="ASYNCTASQ_CONNECTION or ASYNCTASQ_SQLITE_PATH, not both"):
+        create_app(ASYNCTASQ_CONNECTION="sqlite:///b.db")  # this create_app sets ASYNCTASQ_SQLITE_PATH
+    with pytest.raises(ConfigError, match="must be a URL or a path"):
+        flaskrq.create_app(ASYNCTASQ_CONNECTION=["redis://x"])
+    with pytest.raises(ConfigError, match="memory driver cannot be set up from a URL"):
+        flaskrq.create_app(
+            ASYNCTASQ_QUEUES=["email"], ASYNCTASQ_QUEUE_CONNECTIONS={"email": "memory://other"}
+        )
 
 
 def test_a_string_needs_a_driver_with_a_connection_url() -> None:
@@ -289,17 +329,8 @@ async def test_each_queue_goes_to_its_connection(
 
 
 def flask_cli(*args: str, db: Path, **app_config: object) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
-    env[DB_ENV] = str(db)
-    env[CONFIG_ENV] = json.dumps(app_config)
-    return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "tests.flask_app:create_app", "asynctasq", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=env,
-    )
+    env = clean_env(**{DB_ENV: str(db), CONFIG_ENV: json.dumps(app_config)})
+    return app_cli("flask", "tests.flask_app:create_app", *args, env=env)
 
 
 async def test_flask_asynctasq_worker_command(app: Flask, tmp_path: Path) -> None:
@@ -433,29 +464,346 @@ def test_missing_flask_names_the_extra() -> None:
     assert 'pip install "asynctasq[flask]"' in out.stderr
 
 
-def test_the_docs_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def doc_blocks(kind: str) -> list[str]:
+    """The ``kind`` code blocks of docs/integrations.md's Flask part (up to "## Quart")."""
     text = (ROOT / "docs" / "integrations.md").read_text()
-    section = text[text.index("## Flask") :]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match
-    (tmp_path / "myapp.py").write_text(match.group(1))
+    section = text[text.index("## Flask\n") : text.index("## Quart\n")]
+    blocks: list[tuple[str, list[str]]] = []
+    inside = False
+    for line in section.splitlines():
+        if line.startswith("```"):
+            inside = not inside
+            if inside:
+                blocks.append((line[3:], []))
+        elif inside:
+            blocks[-1][1].append(line)
+    return ["\n".join(lines) + "\n" for lang, lines in blocks if lang == kind]
+
+
+def test_every_flask_example_of_the_docs_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = {block.splitlines()[0]: block for block in doc_blocks("python")}
+    assert set(blocks) == {"# myapp.py", "# my_worker.py", "# my_async_worker.py", "app.config.update("}
+    for name in ("myapp.py", "my_worker.py", "my_async_worker.py"):
+        (tmp_path / name).write_text(blocks[f"# {name}"])
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "myapp", raising=False)
     myapp = importlib.import_module("myapp")
     app = myapp.create_app()
-    try:
-        response = app.test_client().post("/users/7")
-        assert response.status_code == 200, response.text
-        task_id = response.json["task"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
-        command = ["-m", "flask", "--app", "myapp:create_app", "asynctasq", "worker", "--burst"]
-        out = subprocess.run(
-            [sys.executable, *command], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env
-        )
+    env = clean_env(ASYNCTASQ_BURST="1", PYTHONPATH=str(tmp_path))  # burst: the workers return
+
+    def run(*argv: str) -> str:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
         assert out.returncode == 0, out.stderr
-        assert asyncio.run(result_of(app, task_id, "email")) == "welcome 7 from myapp"
+        return out.stdout
+
+    try:
+        signup = app.test_client().post("/users/7")  # the sync view
+        stats = app.test_client().post("/stats")  # the async view
+        assert (signup.status_code, stats.status_code) == (200, 200), (signup.text, stats.text)
+        (commands,) = doc_blocks("")
+        dispatched: list[str] = []
+        for line in commands.splitlines():
+            argv = shlex.split(line.partition("#")[0])
+            assert argv[:4] == ["flask", "--app", "myapp:create_app", "asynctasq"], line
+            output = run(sys.executable, "-m", *argv)
+            if argv[4] == "dispatch":
+                dispatched.append(output.strip())
+            if argv[4] == "info":
+                assert "email" in output and "worker(s)" in output
+        assert asyncio.run(result_of(app, signup.json["task"], "email")) == "welcome 7 from myapp"  # type: ignore[index]
+        assert asyncio.run(result_of(app, stats.json["task"])) == 1  # type: ignore[index]
+        run(sys.executable, "my_worker.py")  # takes the task of the dispatch line
+        assert asyncio.run(result_of(app, dispatched[0], "email")) == "welcome 7 from myapp"
+        with app.app_context():
+            job = myapp.send_welcome.enqueue(8)
+        run(sys.executable, "my_async_worker.py")
+        assert asyncio.run(result_of(app, job.id, "email")) == "welcome 8 from myapp"
     finally:
         with app.app_context():
-            myapp.tasks.close()
+            myapp.tq.close()
         sys.modules.pop("myapp", None)
+    example = Flask("docs")
+    exec(blocks["app.config.update("], {"app": example})
+    s = AppSettings(example.config)
+    assert {q: s.config_for(q).redis_url for q in s.queues} == {
+        "default": "redis://redis.internal:6379",
+        "priority": "redis://redis.internal:6379",
+        "email": "redis://mail-redis.internal:6379",
+        "email-priority": "redis://mail-redis.internal:6379",
+    }
+
+
+# -- Flask-RQ's pages (seeds 000 and 002), block by block, on real brokers --------------------
+
+
+@pytest.fixture
+def seed_app(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Flask]]:
+    """The seeds' create_app() on ``broker``; its config also reaches worker processes."""
+    made: list[Flask] = []
+
+    def make(**config: object) -> Flask:
+        keys = broker.app_config(**config)
+        monkeypatch.setenv(FLASKRQ_CONFIG_ENV, json.dumps(keys))
+        made.append(flaskrq.create_app())
+        return made[-1]
+
+    yield make
+    for app in made:
+        with app.app_context():
+            tq.close()
+
+
+def seed_settings(app: Flask) -> AppSettings:
+    return settings(app)
+
+
+async def run_seed_worker(app: Flask, queues: list[str] | None = None) -> Worker:
+    with app.app_context():
+        worker = tq.make_worker(queues, burst=True, install_signal_handlers=False)
+    await worker.start()  # connects its own driver
+    return worker
+
+
+RESET = "tests.flaskrq_app.send_password_reset"
+
+
+async def test_seed_configuring_queues(broker: Broker, seed_app: Callable[..., Flask]) -> None:
+    """RQ_QUEUES = ["email", "priority"] and RQ_CONNECTION = "redis://redis.my-app.example"."""
+    example = flaskrq.create_app(ASYNCTASQ_CONNECTION="redis://redis.my-app.example")
+    assert (settings(example).config.driver, settings(example).config.redis_url) == (
+        "redis",
+        "redis://redis.my-app.example",
+    )
+    app = seed_app(ASYNCTASQ_QUEUES=["email", "priority"])
+    s = seed_settings(app)
+    assert s.queues == ["default", "email", "priority"]  # "default" always configured
+    assert len(s.connections) == 1 and broker.describes(s.config) == "main"
+    with app.app_context():
+        jobs = [await tq.queues[name].enqueue(update_stats, data={name: 1}) for name in s.queues]
+    for name in s.queues:
+        assert await ready_on(s.config, name) == 1  # one connection for the three
+    worker = await run_seed_worker(app)
+    assert worker.succeeded == 3
+    for job, name in zip(jobs, s.queues, strict=True):
+        assert ran_in_the_app(await result_on(s.config, job.id), "update_stats", data={name: 1})
+
+
+async def test_seed_using_queues_from_views(broker: Broker, seed_app: Callable[..., Flask]) -> None:
+    """rq.queue.enqueue(update_stats, data=...) and rq.queues["email"].enqueue(...) in views."""
+    app = seed_app(ASYNCTASQ_QUEUES=["email", "priority"])
+    client = app.test_client()
+    sent = [  # in a thread, as a WSGI server runs views
+        await asyncio.to_thread(client.post, "/stats", json={"visits": 3}),  # sync views
+        await asyncio.to_thread(client.post, "/users/7/reset"),
+        await asyncio.to_thread(client.post, "/users/8/welcome"),  # async: await ...enqueue(...)
+    ]
+    assert [r.status_code for r in sent] == [200, 200, 200], [r.text for r in sent]
+    jobs = [r.json for r in sent]
+    assert [j["queue"] for j in jobs] == ["default", "email", "email"]  # type: ignore[index]
+    worker = await run_seed_worker(app)
+    assert worker.succeeded == 3
+    config = seed_settings(app).config
+    values = [await result_on(config, j["id"]) for j in jobs]  # type: ignore[index]
+    assert ran_in_the_app(values[0], "update_stats", data={"visits": 3})
+    assert ran_in_the_app(values[1], "send_password_reset", user_id=7)
+    assert ran_in_the_app(values[2], "send_welcome", user_id=8)
+
+
+async def test_seed_the_job_decorator(broker: Broker, seed_app: Callable[..., Flask]) -> None:
+    """@rq.job(queue="email"), send_password_reset.enqueue(user_id=...), "same as"
+    rq.queues["email"].enqueue(...), and rq.queues["priority"] overriding the queue."""
+    app = seed_app(ASYNCTASQ_QUEUES=["email", "priority"])
+    assert send_password_reset.name == RESET
+    client = app.test_client()
+    decorated = client.post("/users/1/reset-decorated").json
+    same = client.post("/users/2/reset").json
+    priority = client.post("/users/3/reset-priority").json
+    assert [j["queue"] for j in (decorated, same, priority)] == ["email", "email", "priority"]  # type: ignore[index]
+    config = seed_settings(app).config
+    assert (await ready_on(config, "email"), await ready_on(config, "priority")) == (2, 1)
+    worker = await run_seed_worker(app, ["priority"])
+    assert worker.succeeded == 1  # only the overridden one
+    assert ran_in_the_app(await result_on(config, priority["id"]), "send_password_reset", user_id=3)  # type: ignore[index]
+    assert await ready_on(config, "email") == 2
+    with app.app_context():
+        job = await send_password_reset.enqueue(user_id=4)  # async code: the same method, awaited
+    assert job.queue == "email"
+    assert (await run_seed_worker(app, ["email"])).succeeded == 3
+
+
+async def test_seed_a_queue_on_another_connection(broker: Broker, seed_app: Callable[..., Flask]) -> None:
+    """RQ_QUEUE_CONNECTIONS = {"email": "redis://email-redis.my-app.example"}."""
+    app = seed_app(ASYNCTASQ_QUEUES=["email"], ASYNCTASQ_QUEUE_CONNECTIONS={"email": broker.other})
+    s = seed_settings(app)
+    assert [broker.describes(s.config_for(q)) for q in s.queues] == ["main", "other"]
+    with app.app_context():
+        email = await send_password_reset.enqueue(user_id=9)
+        stats = await tq.queue.enqueue(update_stats, data={})
+    assert (await ready_on(s.config_for("email"), "email"), await ready_on(s.config, "email")) == (1, 0)
+    assert (await ready_on(s.config, "default"), await ready_on(s.config_for("email"), "default")) == (1, 0)
+    assert (await run_seed_worker(app, ["default", "email"])).succeeded == 1  # default's connection
+    assert (await run_seed_worker(app, ["email"])).succeeded == 1  # email's own connection
+    assert ran_in_the_app(await result_on(s.config_for("email"), email.id), "send_password_reset", user_id=9)
+    assert ran_in_the_app(await result_on(s.config, stats.id), "update_stats", data={})
+
+
+async def test_seed_queues_sharing_a_connection(broker: Broker, seed_app: Callable[..., Flask]) -> None:
+    app = seed_app(**reference_example(broker))
+    s = seed_settings(app)
+    assert {q: broker.describes(s.config_for(q)) for q in s.queues} == {
+        "default": "main",
+        "priority": "main",
+        "email": "other",
+        "email-priority": "other",
+    }
+    assert len(s.connections) == 2
+    with app.app_context():
+        jobs = {q: await tq.queues[q].enqueue(send_password_reset, user_id=n) for n, q in enumerate(s.queues)}
+    for q in s.queues:
+        assert await ready_on(s.config_for(q), q) == 1
+    assert (await run_seed_worker(app, ["email-priority", "email"])).succeeded == 2
+    assert (await run_seed_worker(app)).succeeded == 2  # the first configured queue's connection
+    for n, (q, job) in enumerate(jobs.items()):
+        assert ran_in_the_app(await result_on(s.config_for(q), job.id), "send_password_reset", user_id=n)
+    # Flask-RQ's rules: a "default" key, None values and unconfigured queues are ignored
+    ignored = seed_app(
+        ASYNCTASQ_QUEUES=["email"],
+        ASYNCTASQ_QUEUE_CONNECTIONS={"default": broker.other, "email": None, "audit": broker.other},
+    )
+    assert len(seed_settings(ignored).connections) == 1
+
+
+async def test_the_decorators_on_an_existing_task(seed_app: Callable[..., Flask]) -> None:
+    app = seed_app(ASYNCTASQ_QUEUES=["email"])
+    wrapped = tq.task(greeting)  # a task of tests/flask_app.py: same definition, plus enqueue
+    assert wrapped.definition is greeting.definition
+    with pytest.raises(TaskDefinitionError, match="is a task already"):
+        tq.job(queue="email")(greeting)
+    with app.app_context():
+        job = await wrapped.enqueue("decorated")
+    assert (job.queue, job.task) == ("default", "flask_app.greeting")
+
+
+def test_seed_unknown_queue_names_the_configured_ones(seed_app: Callable[..., Flask]) -> None:
+    app = seed_app(ASYNCTASQ_QUEUES=["email", "priority"])
+    with app.app_context():
+        with pytest.raises(KeyError) as caught:
+            tq.queues["emial"]
+        assert str(caught.value) == (
+            "queue 'emial' is not configured for this app: add it to ASYNCTASQ_QUEUES "
+            "(configured: default, email, priority)"
+        )
+        assert isinstance(caught.value, ConfigError)
+        assert list(tq.queues) == ["default", "email", "priority"]
+        with pytest.raises(TaskDefinitionError, match="is not a task: decorate it with @task"):
+            tq.queue.enqueue(print, "x")
+
+
+async def test_seed_worker_cli_command(broker: Broker, seed_app: Callable[..., Flask]) -> None:
+    """$ flask rq worker (all queues, the first one's connection) and
+    $ flask rq worker email email-priority (email's connection)."""
+    config = {**reference_example(broker), "ASYNCTASQ_BURST": True}  # burst: the command returns
+    app = seed_app(**config)
+    s = seed_settings(app)
+    with app.app_context():
+        jobs = {q: await tq.queues[q].enqueue(send_password_reset, user_id=n) for n, q in enumerate(s.queues)}
+    out = await asyncio.to_thread(seed_cli, "flask", broker, "worker", **config)
+    assert out.returncode == 0, out.stderr
+    assert "listening on default, priority, email, email-priority" in out.stderr
+    assert (await ready_on(s.config, "default"), await ready_on(s.config, "priority")) == (0, 0)
+    assert await ready_on(s.config_for("email"), "email") == 1  # on the other connection: untouched
+    out = await asyncio.to_thread(seed_cli, "flask", broker, "worker", "email", "email-priority", **config)
+    assert out.returncode == 0, out.stderr
+    for n, (q, job) in enumerate(jobs.items()):
+        assert ran_in_the_app(await result_on(s.config_for(q), job.id), "send_password_reset", user_id=n)
+
+
+async def test_seed_worker_script(broker: Broker, seed_app: Callable[..., Flask], tmp_path: Path) -> None:
+    """my_worker.py: with app.app_context(): worker = rq.make_worker(); worker.work(); stopped
+    by SIGTERM like any worker."""
+    app = seed_app()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
+    env["PYTHONPATH"] = str(ROOT)
+    log_path = tmp_path / "my_worker.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "flaskrq_worker.py")],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        with app.app_context():
+            job = await tq.queue.enqueue(update_stats, data={"script": 1})
+        value = await result_on(seed_settings(app).config, job.id)  # waits for the running worker
+        assert ran_in_the_app(value, "update_stats", data={"script": 1})
+        assert proc.poll() is None  # not a burst: it works until told to stop
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 30)
+    assert code == 0, log_path.read_text()  # SIGTERM: a graceful stop
+
+
+async def test_make_worker_work_in_sync_code(broker: Broker, seed_app: Callable[..., Flask]) -> None:
+    app = seed_app(ASYNCTASQ_QUEUES=["email"])
+    with app.app_context():
+        job = await send_password_reset.enqueue(user_id=11)
+
+    def script() -> bool:
+        with app.app_context():
+            worker = tq.make_worker(install_signal_handlers=False)
+            return worker.work(burst=True)
+
+    assert await asyncio.to_thread(script) is True
+    assert ran_in_the_app(
+        await result_on(seed_settings(app).config, job.id), "send_password_reset", user_id=11
+    )
+    with app.app_context(), pytest.raises(RuntimeError, match=r"await worker\.start"):
+        tq.make_worker().work()  # inside this test's running loop
+
+
+async def test_app_cli_commands_read_the_app_config(broker: Broker, seed_app: Callable[..., Flask]) -> None:
+    """flask asynctasq info | failed ... | dispatch: asynctasq's commands, on the app's config."""
+    app = seed_app(**reference_example(broker))
+    s = seed_settings(app)
+    runner = app.test_cli_runner()
+
+    async def invoke(*args: str) -> click.testing.Result:  # in a thread: the commands run their own loop
+        return await asyncio.to_thread(runner.invoke, args=["asynctasq", *args])
+
+    previous = asynctasq.get_config()
+    try:
+        out = await invoke("dispatch", RESET, "--kwargs", '{"user_id": 21}')
+        assert out.exit_code == 0, out.output
+        task_id = out.output.strip()
+        assert await ready_on(s.config_for("email"), "email") == 1  # the task's queue, its connection
+        out = await invoke("dispatch", RESET, "--args", "[22]", "--queue", "priority")
+        assert out.exit_code == 0, out.output
+        assert await ready_on(s.config, "priority") == 1
+        with app.app_context():
+            await broken.enqueue("on purpose")
+        out = await invoke("info")
+        assert out.exit_code == 0, out.output
+        lines = out.output.splitlines()
+        assert sum(line.startswith("== ") for line in lines) == 2  # one block per connection
+        assert any(line.split()[:2] == ["default", "1"] for line in lines), out.output
+        assert any(line.split()[:2] == ["email", "1"] for line in lines), out.output
+        assert (await run_seed_worker(app)).failed == 1
+        assert (await run_seed_worker(app, ["email"])).succeeded == 1
+        assert ran_in_the_app(
+            await result_on(s.config_for("email"), task_id), "send_password_reset", user_id=21
+        )
+        out = await invoke("failed", "list")
+        assert out.exit_code == 0, out.output
+        assert "tests.flaskrq_app.broken" in out.output and "ValueError: on purpose" in out.output
+        out = await invoke("failed", "requeue", "--queue", "default")
+        assert out.exit_code == 0 and "requeued 1 task(s)" in out.output, out.output
+        assert await ready_on(s.config, "default") == 1
+        out = await invoke("failed", "requeue")
+        assert out.exit_code == 2 and "name ids, --queue or --all" in out.output, out.output
+        out = await invoke("dispatch", RESET, "--queue", "emial")
+        assert out.exit_code == 1 and "'emial' is not configured" in out.output, out.output
+    finally:
+        asynctasq.configure(previous)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +16,7 @@ import pytest
 pytest.importorskip("quart")
 
 import click
+import click.testing
 from quart import Quart
 
 import asynctasq
@@ -22,7 +25,21 @@ from asynctasq.core.driver_factory import DriverFactory
 from asynctasq.core.worker import Worker
 from asynctasq.errors import ConfigError, TaskFailed
 from asynctasq.integrations import EXTENSION_KEY, AppSettings, load_app_worker
+from tests import flaskrq_quart as flaskrq
 from tests.conftest import wait_for
+from tests.flaskrq_brokers import (
+    Broker,
+    app_cli,
+    broker_fixture,  # noqa: F401 - the broker fixture
+    clean_env,
+    ran_in_the_app,
+    reference_example,
+    result_on,
+    seed_cli,
+)
+from tests.flaskrq_brokers import ready as ready_on
+from tests.flaskrq_quart import CONFIG_ENV as FLASKRQ_CONFIG_ENV
+from tests.flaskrq_quart import broken, send_password_reset, tq, update_stats
 from tests.quart_app import (
     DB_ENV,
     TEARDOWNS,
@@ -185,16 +202,7 @@ async def test_each_queue_goes_to_its_connection(make_app: Callable[..., Quart],
 
 
 def quart_cli(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
-    env[DB_ENV] = str(db)
-    return subprocess.run(
-        [sys.executable, "-m", "quart", "--app", "tests.quart_app:create_app", "asynctasq", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=env,
-    )
+    return app_cli("quart", "tests.quart_app:create_app", *args, env=clean_env(**{DB_ENV: str(db)}))
 
 
 async def test_quart_asynctasq_worker_command(app: Quart, tmp_path: Path) -> None:
@@ -241,3 +249,127 @@ def test_missing_quart_names_the_extra() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 1
     assert 'pip install "asynctasq[quart]"' in out.stderr
+
+
+# -- Flask-RQ's pages (seeds 000 and 002) in Quart, on real brokers ---------------------------
+
+
+@pytest.fixture
+async def seed_app(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., Quart]]:
+    """The seeds' create_app() on ``broker``; its config also reaches worker processes."""
+    made: list[Quart] = []
+
+    def make(**config: object) -> Quart:
+        monkeypatch.setenv(FLASKRQ_CONFIG_ENV, json.dumps(broker.app_config(**config)))
+        made.append(flaskrq.create_app())
+        return made[-1]
+
+    yield make
+    for app in made:
+        async with app.app_context():
+            await tq.close()
+
+
+async def run_seed_worker(app: Quart, queues: list[str] | None = None) -> Worker:
+    async with app.app_context():
+        worker = tq.make_worker(queues, burst=True, install_signal_handlers=False)
+        await worker.start()  # connects its own driver
+    return worker
+
+
+async def test_seed_queues_views_and_the_job_decorator(
+    broker: Broker, seed_app: Callable[..., Quart]
+) -> None:
+    """RQ_QUEUES, rq.queue / rq.queues["email"].enqueue(...), @rq.job(queue="email") and
+    rq.queues["priority"] overriding it: awaited in Quart's async views, blocking in a sync one."""
+    app = seed_app(ASYNCTASQ_QUEUES=["email", "priority"])
+    s = settings(app)
+    assert s.queues == ["default", "email", "priority"] and len(s.connections) == 1
+    client = app.test_client()
+    sent = [
+        await client.post("/stats", json={"visits": 3}),
+        await client.post("/users/7/reset"),
+        await client.post("/users/8/reset-decorated"),
+        await client.post("/users/9/reset-priority"),  # sync: Quart runs it in a thread
+    ]
+    jobs = [await r.get_json() for r in sent]
+    assert [r.status_code for r in sent] == [200] * 4, jobs
+    assert [j["queue"] for j in jobs] == ["default", "email", "email", "priority"]
+    assert (await ready_on(s.config, "email"), await ready_on(s.config, "priority")) == (2, 1)
+    assert (await run_seed_worker(app, ["priority"])).succeeded == 1
+    assert (await run_seed_worker(app)).succeeded == 3
+    values = [await result_on(s.config, j["id"]) for j in jobs]
+    assert ran_in_the_app(values[0], "update_stats", data={"visits": 3})
+    assert [v["user_id"] for v in values[1:]] == [7, 8, 9]
+    assert all(ran_in_the_app(v, "send_password_reset", user_id=v["user_id"]) for v in values[1:])
+    async with app.app_context():
+        with pytest.raises(KeyError, match="'emial' is not configured for this app"):
+            tq.queues["emial"]
+
+
+async def test_seed_connections_and_the_worker_script(
+    broker: Broker, seed_app: Callable[..., Quart], tmp_path: Path
+) -> None:
+    """RQ_QUEUE_CONNECTIONS with a reference; a worker listens on its first queue's connection;
+    my_worker.py (async: Quart's app context) runs until SIGTERM."""
+    app = seed_app(**reference_example(broker))
+    s = settings(app)
+    assert {q: broker.describes(s.config_for(q)) for q in s.queues} == {
+        "default": "main",
+        "priority": "main",
+        "email": "other",
+        "email-priority": "other",
+    }
+    async with app.app_context():
+        jobs = {q: await tq.queues[q].enqueue(send_password_reset, user_id=n) for n, q in enumerate(s.queues)}
+    for q in s.queues:
+        assert await ready_on(s.config_for(q), q) == 1
+    assert (await run_seed_worker(app, ["email-priority", "email"])).succeeded == 2
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
+    env["PYTHONPATH"] = str(ROOT)
+    log_path = tmp_path / "my_worker.log"
+    with open(log_path, "w") as log:
+        script = str(ROOT / "tests" / "flaskrq_quart_worker.py")
+        proc = subprocess.Popen([sys.executable, script], cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        for n, (q, job) in enumerate(jobs.items()):  # default and priority: the script's worker
+            assert ran_in_the_app(await result_on(s.config_for(q), job.id), "send_password_reset", user_id=n)
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 30)
+    assert code == 0, log_path.read_text()
+
+
+async def test_seed_quart_asynctasq_commands(broker: Broker, seed_app: Callable[..., Quart]) -> None:
+    """quart asynctasq worker [QUEUES]..., info, failed and dispatch, on the app's config."""
+    config = {**reference_example(broker), "ASYNCTASQ_BURST": True}
+    app = seed_app(**config)
+    s = settings(app)
+    async with app.app_context():
+        first = await tq.queue.enqueue(update_stats, data={"n": 1})
+        mail = await send_password_reset.enqueue(user_id=5)
+        await broken.enqueue("on purpose")
+    out = await asyncio.to_thread(seed_cli, "quart", broker, "worker", **config)
+    assert out.returncode == 0, out.stderr
+    assert ran_in_the_app(await result_on(s.config, first.id), "update_stats", data={"n": 1})
+    assert await ready_on(s.config_for("email"), "email") == 1  # another connection: untouched
+    out = await asyncio.to_thread(seed_cli, "quart", broker, "worker", "email", "email-priority", **config)
+    assert out.returncode == 0, out.stderr
+    assert ran_in_the_app(await result_on(s.config_for("email"), mail.id), "send_password_reset", user_id=5)
+    runner = app.test_cli_runner()
+
+    async def invoke(*args: str) -> click.testing.Result:  # in a thread: the commands run their own loop
+        return await asyncio.to_thread(runner.invoke, args=["asynctasq", *args])
+
+    out = await invoke("failed", "list")
+    assert out.exit_code == 0 and "ValueError: on purpose" in out.output, out.output
+    out = await invoke("info")
+    assert out.exit_code == 0 and out.output.count("== ") == 2, out.output
+    previous = asynctasq.get_config()
+    try:
+        out = await invoke("dispatch", "tests.flaskrq_quart.send_password_reset", "--args", "[6]")
+    finally:
+        asynctasq.configure(previous)
+    assert out.exit_code == 0, out.output
+    assert await ready_on(s.config_for("email"), "email") == 1

@@ -1,4 +1,5 @@
-"""Flask: settings from ``app.config``, tasks inside the app context, ``flask asynctasq worker``.
+"""Flask: Flask-RQ's API on asynctasq; settings from ``app.config``, tasks inside the app
+context, ``flask asynctasq worker|info|failed|dispatch``.
 
 ::
 
@@ -7,16 +8,18 @@
 
     app = Flask(__name__)
     app.config.update(
-        ASYNCTASQ_DRIVER="redis",
-        ASYNCTASQ_REDIS_URL="redis://localhost:6379",
+        ASYNCTASQ_CONNECTION="redis://localhost:6379",
         ASYNCTASQ_QUEUES=["email", "priority"],  # plus "default", always there
         ASYNCTASQ_QUEUE_CONNECTIONS={"email": "redis://mail-redis:6379"},
     )
-    tasks = AsyncTasQ(app)
+    tq = AsyncTasQ(app)
+
+    @tq.job(queue="email")
+    def send_welcome(user_id: int) -> None: ...
 
     @app.post("/signup")
     def signup():
-        tasks.dispatch_sync(send_welcome(user_id=7))  # a sync view: no event loop of its own
+        send_welcome.enqueue(user_id=7)  # a sync view: no event loop of its own
         ...
 
 Then ``flask asynctasq worker email priority`` runs a worker whose tasks see ``current_app``
@@ -48,9 +51,10 @@ T = TypeVar("T")
 class AsyncTasQ(BaseAsyncTasQ[flask.Flask]):
     """The Flask extension (see :class:`~asynctasq.integrations.base.BaseAsyncTasQ`).
 
-    Flask gives each async view a short-lived event loop of its own, so :meth:`dispatch` and
-    :meth:`dispatch_many` too run on asynctasq's background loop, whose connections outlive
-    the request; :meth:`close` closes them.
+    Flask gives each async view a short-lived event loop of its own, so awaited enqueues
+    (``await tq.queue.enqueue(...)``, :meth:`dispatch`, :meth:`dispatch_many`) too run on
+    asynctasq's background loop, whose connections outlive the request; :meth:`close` closes
+    them.
     """
 
     def _current_app(self) -> flask.Flask | None:
@@ -62,8 +66,10 @@ class AsyncTasQ(BaseAsyncTasQ[flask.Flask]):
     def _app_context(self, app: flask.Flask) -> contextlib.AbstractAsyncContextManager[None]:
         return _app_context(app)
 
-    async def _produce(self, dispatching: Coroutine[Any, Any, T]) -> T:
-        return await asyncio.to_thread(run_sync, dispatching, DEFAULT_DISPATCH_TIMEOUT_S)
+    async def _produce(
+        self, dispatching: Coroutine[Any, Any, T], timeout: float | None = DEFAULT_DISPATCH_TIMEOUT_S
+    ) -> T:
+        return await asyncio.to_thread(run_sync, dispatching, timeout)
 
     def close(self) -> None:
         """Disconnect the app's producer connections (they reconnect on the next dispatch)."""

@@ -7,12 +7,15 @@
     from asynctasq.integrations.quart import AsyncTasQ
 
     app = Quart(__name__)
-    app.config.update(ASYNCTASQ_DRIVER="redis", ASYNCTASQ_QUEUES=["email"])
-    tasks = AsyncTasQ(app)
+    app.config.update(ASYNCTASQ_CONNECTION="redis://localhost:6379", ASYNCTASQ_QUEUES=["email"])
+    tq = AsyncTasQ(app)
+
+    @tq.job(queue="email")
+    async def send_welcome(user_id: int) -> None: ...
 
     @app.post("/signup")
     async def signup():
-        await tasks.dispatch(send_welcome(user_id=7))
+        await send_welcome.enqueue(user_id=7)
         ...
 
 Settings, queues and per-queue connections work as in :mod:`asynctasq.integrations.flask`.
@@ -34,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
     raise missing_framework("Quart", "quart") from exc
 
+from asynctasq.constants import DEFAULT_DISPATCH_TIMEOUT_S
 from asynctasq.integrations.base import AppState, BaseAsyncTasQ
 
 T = TypeVar("T")
@@ -41,8 +45,9 @@ T = TypeVar("T")
 
 class AsyncTasQ(BaseAsyncTasQ[quart.Quart]):
     """The Quart extension (see :class:`~asynctasq.integrations.base.BaseAsyncTasQ`):
-    ``await ext.dispatch(call)`` runs on the calling loop, the app's own; sync views, which
-    Quart runs in threads, use :meth:`dispatch_sync`."""
+    ``await tq.queues["email"].enqueue(...)`` and ``await tq.dispatch(call)`` run on the calling
+    loop, the app's own; sync views, which Quart runs in threads, call the same ``enqueue``
+    without ``await`` (or :meth:`dispatch_sync`)."""
 
     def _current_app(self) -> quart.Quart | None:
         if not quart.has_app_context():
@@ -53,7 +58,9 @@ class AsyncTasQ(BaseAsyncTasQ[quart.Quart]):
     def _app_context(self, app: quart.Quart) -> AbstractAsyncContextManager[None]:
         return _app_context(app)
 
-    async def _produce(self, dispatching: Coroutine[Any, Any, T]) -> T:
+    async def _produce(
+        self, dispatching: Coroutine[Any, Any, T], timeout: float | None = DEFAULT_DISPATCH_TIMEOUT_S
+    ) -> T:
         return await dispatching
 
     def _setup(self, app: quart.Quart, state: AppState[quart.Quart]) -> None:
