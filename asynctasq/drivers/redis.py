@@ -539,19 +539,21 @@ class RedisDriver(BaseDriver):
         ]
 
     async def failed_requeue(self, ids: Iterable[str] | None = None, queue: str | None = None) -> int:
-        args = [] if ids is None else list(ids)
-        if ids is not None and not args:
-            return 0
-        queues = await self._queues_for(queue)
-        commands = [lua.command(lua.FAILED_REQUEUE, self._keys(q).requeue, args) for q in queues]
-        return sum(await self._many(commands)) if commands else 0
+        return await self._on_failed(lua.FAILED_REQUEUE, "requeue", ids, queue)
 
     async def failed_purge(self, ids: Iterable[str] | None = None, queue: str | None = None) -> int:
+        return await self._on_failed(lua.FAILED_PURGE, "failed_keys", ids, queue)
+
+    async def _on_failed(
+        self, script: lua.Script, keys: str, ids: Iterable[str] | None, queue: str | None
+    ) -> int:
+        """Run ``script`` on the failed entries ``ids`` (all when None) of ``queue`` (or of every
+        queue), with each queue's ``keys`` attribute as its keys; return how many it touched."""
         args = [] if ids is None else list(ids)
         if ids is not None and not args:
             return 0
         queues = await self._queues_for(queue)
-        commands = [lua.command(lua.FAILED_PURGE, self._keys(q).failed_keys, args) for q in queues]
+        commands = [lua.command(script, getattr(self._keys(q), keys), args) for q in queues]
         return sum(await self._many(commands)) if commands else 0
 
     # -- optional: results -----------------------------------------------------------------
