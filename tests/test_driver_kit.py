@@ -116,6 +116,15 @@ def test_the_driver_table_is_the_one_list_of_drivers() -> None:
         assert spec.target.startswith(f"asynctasq.drivers.{spec.name}:")
 
 
+def test_ci_makes_sure_of_every_service_the_driver_table_names() -> None:
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+    ensured = {line.split()[1] for line in script.splitlines() if line.startswith("ensure ")}
+    needed = {spec.service for spec in DRIVERS.values() if spec.service}
+    assert needed <= ensured, f".ci/run does not start {needed - ensured}"
+
+
 def test_settings_map_to_constructor_keywords() -> None:
     config = Config(
         driver="postgres",

@@ -30,7 +30,8 @@ class DriverSpec:
     keywords: Mapping[str, str] = field(default_factory=dict)
     """Config setting -> constructor keyword, where the default ``<name>_x -> x`` does not fit."""
     service: str | None = None
-    """The server the driver needs (for tests and CI), None when it needs none."""
+    """The server CI must have running for the driver's tests (``.ci/run`` makes sure of it);
+    None when it needs none or its tests start their own (SQS: moto, from a fixture)."""
     connection_setting: str | None = None
     """The Config setting a bare connection string sets (a Flask-RQ style per-queue
     connection): the URL, DSN or path; None when the driver has none."""
@@ -90,7 +91,6 @@ DRIVER_TABLE: tuple[DriverSpec, ...] = (
         ("sqs",),
         None,
         keywords={"aws_access_key_id": "aws_access_key_id", "aws_secret_access_key": "aws_secret_access_key"},
-        service="moto",
         connection_setting="sqs_queue_url_prefix",
         title="SQS",
     ),
