@@ -52,8 +52,8 @@ class Config:
     driver: str = _setting(c.DEFAULT_DRIVER, "Broker driver.", choices=DRIVERS)
     serializer: str = _setting(
         c.DEFAULT_SERIALIZER,
-        "Payload format of dispatched tasks; workers read msgpack and JSON, and pickle "
-        "only when this is 'pickle'.",
+        "Format this process writes: dispatched tasks, retried messages and results. Workers "
+        "read msgpack and JSON whatever this is, and pickle only when this is 'pickle'.",
         choices=SERIALIZERS,
     )
     default_queue: str = _setting(c.DEFAULT_QUEUE, "Queue of tasks that name none.")
