@@ -642,10 +642,11 @@ class MySQLDriver(BaseDriver):
         return None if packet is None else packet - PACKET_MARGIN_BYTES
 
     def check_message(self, body: bytes) -> None:
-        super().check_message(body)
+        """The server's packet limit first where it is the lower one: its error names it."""
         room = self._packet_room()
-        if room is not None and len(body) > room:
+        if room is not None and len(body) > room and room < self.max_message_bytes:
             raise PacketTooLarge(len(body), self.max_allowed_packet or 0)
+        super().check_message(body)
 
     def _literal(self, body: bytes) -> str:
         """``body`` as an SQL literal; raises :class:`PacketTooLarge` if it cannot be sent."""
