@@ -33,9 +33,10 @@ form. In short:
   claim 2, a batch ack 1 (MariaDB: ``DELETE ... RETURNING``; MySQL: ``SELECT ... FOR UPDATE``
   and ``DELETE`` in one transaction), a batch extend 1, a retry 1, a failure 1.
 - No NOTIFY: a waiting dequeue probes ``MIN(due)`` per queue (an index lookup) with an adaptive
-  interval (2 ms after activity, backing off with jitter to 250 ms while idle) and sleeps until
-  the earliest delayed message or lease falls due; a producer in the same process wakes it at
-  once.
+  interval (2 ms after work, growing to 50 ms, and 250 ms with jitter once no work came for
+  2 s) and sleeps until the earliest delayed message or lease falls due; a producer in the
+  same process wakes it at once. An idle worker's claims start with that probe too, so it
+  costs the server a few read-only queries a second and no transactions.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from asynctasq.constants import (
     DEFAULT_FAILED_RETENTION_S,
     DEFAULT_LEASE_S,
+    DEFAULT_MYSQL_BUSY_POLL_INTERVAL_S,
     DEFAULT_MYSQL_CONNECT_TIMEOUT_S,
     DEFAULT_MYSQL_DSN,
+    DEFAULT_MYSQL_IDLE_AFTER_S,
     DEFAULT_MYSQL_MAX_POLL_INTERVAL_S,
     DEFAULT_MYSQL_MAX_POOL_SIZE,
     DEFAULT_MYSQL_POLL_INTERVAL_S,
@@ -116,8 +119,6 @@ LOCK_RETRY_FIRST_S = 0.005
 LOCK_WAIT_TIMEOUT_S = 10
 """The session's ``innodb_lock_wait_timeout``: only acks and extends can wait (on a claim)."""
 MIGRATION_LOCK_TIMEOUT_S = 60
-HINT_FRESH_S = 0.05
-"""How long an empty claim's probe result stands in for the wait's first probe."""
 CLEANUP_INTERVAL_S = 30.0
 """Expired results and old failed entries are deleted at most this often."""
 _LOST_CODES = frozenset({1040, 1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
@@ -306,8 +307,9 @@ class MySQLDriver(BaseDriver):
         max_pool_size / min_pool_size: the connection pool.
         lease_seconds / max_message_bytes: as for every driver; messages are also held to the
             server's ``max_allowed_packet``, read at connect.
-        poll_interval_s / max_poll_interval_s: the adaptive poll of a waiting dequeue (first
-            interval after activity, the idle ceiling). ``poll=False`` turns the periodic poll
+        poll_interval_s / max_poll_interval_s / idle_after_s: the adaptive poll of a waiting
+            dequeue (first interval after work; the interval once no work came for
+            ``idle_after_s``). ``poll=False`` turns the periodic poll
             off: a waiting dequeue then wakes only for producers in this process and for the
             delayed messages and leases it saw falling due.
         reconnect_timeout_s: how long an operation retries a lost server before it raises.
@@ -332,6 +334,7 @@ class MySQLDriver(BaseDriver):
         poll_interval_s: float = DEFAULT_MYSQL_POLL_INTERVAL_S,
         max_poll_interval_s: float = DEFAULT_MYSQL_MAX_POLL_INTERVAL_S,
         poll: bool = True,
+        idle_after_s: float = DEFAULT_MYSQL_IDLE_AFTER_S,
         reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
         connect_timeout_s: float = DEFAULT_MYSQL_CONNECT_TIMEOUT_S,
         failed_retention_s: float = DEFAULT_FAILED_RETENTION_S,
@@ -349,6 +352,7 @@ class MySQLDriver(BaseDriver):
         self.poll_interval_s = float(poll_interval_s)
         self.max_poll_interval_s = float(max_poll_interval_s)
         self.poll = bool(poll)
+        self.idle_after_s = float(idle_after_s)
         self.connect_timeout_s = float(connect_timeout_s)
         self.failed_retention_s = float(failed_retention_s)
         self.flavor: str | None = None
@@ -360,14 +364,22 @@ class MySQLDriver(BaseDriver):
         self._pool: Any = None
         self._connecting: asyncio.Lock | None = None
         self._closed = False
-        self._poll = AdaptivePoll(self.poll_interval_s, self.max_poll_interval_s)
+        self._poll = AdaptivePoll(
+            self.poll_interval_s,
+            max(min(DEFAULT_MYSQL_BUSY_POLL_INTERVAL_S, self.max_poll_interval_s), self.poll_interval_s),
+        )
+        self._active_at = time.monotonic()
+        """When a claim last found work (or a probe saw some), for the idle back-off."""
+        self._maybe_empty = False
+        """The last claim found nothing and nothing woke us since: probe before claiming."""
         self._result_poll = AdaptivePoll(self.poll_interval_s, self.max_poll_interval_s)
         self._background: set[asyncio.Task[None]] = set()
         self._next_cleanup = 0.0
         self._claim_sql: dict[int, str] = {}
-        self._due_hint: tuple[float, tuple[str, ...], float | None] | None = None
-        """(when, queues, seconds to the next due row) from the last empty claim, so the wait
-        that follows it needs no probe of its own."""
+        self._probed: tuple[float, frozenset[str], float | None] | None = None
+        """(when, queues, seconds from then to their next due row) of the last probe."""
+        self._next_probe_at = 0.0
+        """While idle, neither a claim nor a wait queries the server before this (monotonic)."""
         self._probe_sql: dict[int, str] = {}
         opts = self._options
         self._where = f"MySQL at {opts['host']}:{opts['port']}/{opts['db']}"
@@ -711,7 +723,9 @@ class MySQLDriver(BaseDriver):
                     await conn.commit()
             return ids
 
-        return [str(i) for i in await self._run(op)]
+        ids = [str(i) for i in await self._run(op)]
+        self._next_probe_at = 0.0  # our own consumers look again at once
+        return ids
 
     # -- claim -----------------------------------------------------------------------------
 
@@ -743,6 +757,8 @@ class MySQLDriver(BaseDriver):
         if len(queues) > 1:
             args.append(limit)
         pick = self._pick_statement(len(queues))
+        if self._maybe_empty and not self._due(await self._next_due_cached(queues)):
+            return []  # idle: a read-only probe at the poll interval, no transaction
 
         async def op(conn: Any) -> list[Any]:
             async with conn.cursor() as cur:
@@ -750,7 +766,7 @@ class MySQLDriver(BaseDriver):
                 rows = (await _results(cur))[-1][1]
                 if not rows:
                     await cur.execute("COMMIT; " + self._probe_statement(len(queues)), list(queues))
-                    self._due_hint = (time.monotonic(), tuple(queues), _seconds((await _results(cur))[-1][1]))
+                    self._probe_seen(queues, _seconds((await _results(cur))[-1][1]))
                     return []
                 await cur.execute(
                     f"UPDATE {self._t} SET token = %s ^ id, deliveries = deliveries + 1, "
@@ -762,9 +778,10 @@ class MySQLDriver(BaseDriver):
                 return rows
 
         rows = await self._run(op)
+        self._maybe_empty = not rows
         if not rows:
             return []
-        self._poll.reset()
+        self._active()
         return [Delivery(str(r[0]), r[1], bytes(r[2]), str(nonce ^ int(r[0])), int(r[3]) + 1) for r in rows]
 
     async def _claim(self, queues: Sequence[str], limit: int) -> list[Delivery]:
@@ -805,34 +822,71 @@ class MySQLDriver(BaseDriver):
         """Seconds until the earliest row of ``queues`` may be claimed (<= 0: now; None: none)."""
         return _seconds((await self._query(self._probe_statement(len(queues)), list(queues)))[0][1])
 
+    def _probe_seen(self, queues: Sequence[str], until: float | None) -> None:
+        now = time.monotonic()
+        self._probed = (now, frozenset(queues), until)
+        self._next_probe_at = now + self._poll_pause() if self.poll else now
+
+    async def _next_due_cached(self, queues: Sequence[str]) -> float | None:
+        """Seconds to the next due row of ``queues``: the last probe's answer until the next
+        poll is due, else a new probe."""
+        probed = self._probed
+        now = time.monotonic()
+        if probed is not None and probed[1] == frozenset(queues) and now < self._next_probe_at:
+            return None if probed[2] is None else probed[2] - (now - probed[0])
+        until = await self._next_due(queues)
+        self._probe_seen(queues, until)
+        return until
+
+    @staticmethod
+    def _due(until: float | None) -> bool:
+        return until is not None and until <= 0
+
     async def _pause(self, waiter: Waiter, queues: Sequence[str], left: float) -> None:
         """Until woken in-process, a row of ``queues`` may be claimed (the probe says so), or
-        ``left`` seconds pass. The probe runs at the adaptive interval (only once without
-        ``poll``, to learn when the next delayed message or lease falls due)."""
+        ``left`` seconds pass. The probe runs at the adaptive interval (without ``poll``, once
+        per wait, to learn when the next delayed message or lease falls due)."""
         deadline = time.monotonic() + left
         if not queues:  # waiting for a result: poll its row
             pause = self._result_poll.next() if self.poll else left
             await waiter.sleep(min(pause, left))
             return
-        hint, self._due_hint = self._due_hint, None
+        if not self.poll:
+            self._next_probe_at = 0.0
         while True:
-            if hint is not None and hint[1] == tuple(queues) and time.monotonic() - hint[0] < HINT_FRESH_S:
-                until = None if hint[2] is None else hint[2] - (time.monotonic() - hint[0])
-            else:
-                until = await self._next_due(queues)
-            hint = None
-            if until is not None and until <= 0:
-                self._poll.reset()
+            until = await self._next_due_cached(queues)
+            if self._due(until):
+                self._active()
                 return
-            timeout = deadline - time.monotonic()
+            now = time.monotonic()
+            timeout = deadline - now
             if self.poll:
-                timeout = min(timeout, self._poll.next())
+                timeout = min(timeout, self._next_probe_at - now)
             if until is not None:
                 timeout = min(timeout, until)
-            if timeout <= 0 or await waiter.sleep(timeout):
+            if timeout <= 0 and now < deadline and self.poll:
+                continue  # the next poll is due now
+            if timeout <= 0:
+                return
+            if await waiter.sleep(timeout):
+                self._maybe_empty = False  # a producer of this process: claim at once
                 return
             if not self.poll and (until is None or time.monotonic() >= deadline):
                 return
+
+    def _active(self) -> None:
+        self._active_at = time.monotonic()
+        self._maybe_empty = False
+        self._next_probe_at = 0.0
+        self._poll.reset()
+
+    def _poll_pause(self) -> float:
+        """The next poll interval: 2 ms after work, growing to 50 ms, and once no work came for
+        ``idle_after_s``, ``max_poll_interval_s`` (jittered)."""
+        pause = self._poll.next()
+        if time.monotonic() - self._active_at >= self.idle_after_s:
+            pause = max(pause, self.max_poll_interval_s * random.uniform(0.9, 1.1))
+        return pause
 
     # -- lease operations ------------------------------------------------------------------
 
