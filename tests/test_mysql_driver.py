@@ -249,6 +249,19 @@ async def test_enqueue_many_returns_the_ids_in_order(driver: MySQLDriver) -> Non
     assert [d.id for d in got] == ids[:3] and [d.body for d in got] == [b"0", b"1", b"2"]
 
 
+async def test_bodies_with_quotes_percents_and_escapes_round_trip(driver: MySQLDriver) -> None:
+    bodies = [b"100% %s %(x)s %%", b"'; DROP TABLE x; --", b"\\\x00\n\r\x1a\"'", bytes(range(256))]
+    await driver.enqueue_many([EnqueueItem("q:1.x-y_", b) for b in bodies[:2]])
+    await driver.enqueue("q:1.x-y_", bodies[2])
+    await driver.enqueue("q:1.x-y_", bodies[3], delay=0.01)
+    got: list[Delivery] = []
+    while len(got) < 4:
+        got += await driver.dequeue(["q:1.x-y_"], 4, wait=1)
+    assert [d.body for d in got] == bodies
+    await driver.complete(got, [("r%s", bodies[0])], 60)
+    assert await driver.get_result("r%s", wait=0) == bodies[0]
+
+
 async def test_tokens_differ_per_delivery_and_forged_ones_change_nothing(driver: MySQLDriver) -> None:
     await driver.enqueue_many([EnqueueItem("q", b"a"), EnqueueItem("q", b"b")])
     got = await driver.dequeue(["q"], 2, wait=1)

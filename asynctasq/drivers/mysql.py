@@ -690,29 +690,33 @@ class MySQLDriver(BaseDriver):
         room = self._packet_room() or (1 << 24)
         head = f"INSERT INTO {self._t} (queue, due, created_at, body) VALUES "
         tail = " RETURNING id" if self._returning else ""
-        statements: list[tuple[str, int]] = []
+        # queue names and delays are bound parameters; bodies are escaped literals (their size
+        # must be known to split the batch by max_allowed_packet), with % doubled for binding
+        statements: list[tuple[str, list[Any], int]] = []
         rows: list[str] = []
+        args: list[Any] = []
         size = 0
         for item in items:
             row = (
-                f"('{aiomysql.escape_string(item.queue)}', "
-                f"UTC_TIMESTAMP(6) + INTERVAL {_us(item.delay)} MICROSECOND, "
-                f"UTC_TIMESTAMP(6), {self._literal(item.body)})"
+                "(%s, UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND, UTC_TIMESTAMP(6), "
+                + self._literal(item.body).replace("%", "%%")
+                + ")"
             )
-            if rows and (size + len(row) > room or len(rows) >= BATCH_ROWS):
-                statements.append((head + ",".join(rows) + tail, len(rows)))
-                rows, size = [], 0
+            if rows and (size + len(row) + len(item.queue) > room or len(rows) >= BATCH_ROWS):
+                statements.append((head + ",".join(rows) + tail, args, len(rows)))
+                rows, args, size = [], [], 0
             rows.append(row)
-            size += len(row) + 1
-        statements.append((head + ",".join(rows) + tail, len(rows)))
+            args += (item.queue, _us(item.delay))
+            size += len(row) + len(item.queue) + 24
+        statements.append((head + ",".join(rows) + tail, args, len(rows)))
 
         async def op(conn: Any) -> list[int]:
             ids: list[int] = []
             async with conn.cursor() as cur:
                 if len(statements) > 1:
                     await conn.begin()
-                for sql, n in statements:
-                    await cur.execute(sql)
+                for sql, values, n in statements:
+                    await cur.execute(sql, values)
                     if self._returning:
                         ids += sorted(int(r[0]) for r in await cur.fetchall())
                     else:
