@@ -1,6 +1,6 @@
 """Several worker processes on one MySQL/MariaDB queue: no deadlock or lock-wait error escapes,
-no task runs twice while its lease is valid, none is lost, and a SIGKILLed worker's tasks are
-finished by the other."""
+no task runs twice while its lease is valid, none is lost. (SIGKILL and SIGTERM with worker
+processes: tests/test_crash_recovery.py, which runs on every backend, MySQL included.)"""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from asynctasq.drivers.mysql import MySQLDriver
 from tests.backends import mysql_backend
 from tests.cli_tasks import mark
 from tests.conftest import wait_for
+from tests.test_crash_recovery import logs, read_marks
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_ERRORS = ("1213", "1205", "Deadlock", "deadlock", "Lock wait", "lock wait")
@@ -57,14 +58,6 @@ def start_worker(env: dict[str, str], marks: Path, lease_s: float, *extra: str) 
         )
 
 
-def read_marks(marks: Path) -> list[str]:
-    return marks.read_text().split() if marks.exists() else []
-
-
-def logs(marks: Path) -> str:
-    return "\n".join(p.read_text() for p in sorted(marks.parent.glob("*.log")))
-
-
 def stop(workers: list[subprocess.Popen[str]]) -> list[int]:
     for proc in workers:
         if proc.poll() is None:
@@ -94,26 +87,3 @@ async def test_four_workers_5k_tasks_each_once_no_lock_errors(
     assert not [line for line in text.splitlines() if any(e in line for e in LOCK_ERRORS)], text
     stats = (await driver.stats(["default"]))["default"]
     assert stats == {"ready": 0, "delayed": 0, "leased": 0, "failed": 0}
-
-
-async def test_sigkill_one_of_two_workers_every_task_completes(
-    broker: tuple[MySQLDriver, dict[str, str]], tmp_path: Path
-) -> None:
-    driver, env = broker
-    marks = tmp_path / "marks.txt"
-    n, lease_s = 400, 2
-    await asynctasq.dispatch_many([mark(f"s{i}", 0.02) for i in range(n)], driver=driver)
-    victim = start_worker(env, marks, lease_s, "--concurrency", "10")
-    survivor = start_worker(env, marks, lease_s, "--concurrency", "10")
-    try:
-        await wait_for(lambda: len(read_marks(marks)) >= 50, timeout=60)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(10)
-        await wait_for(lambda: len(set(read_marks(marks))) == n, timeout=120, interval=0.1)
-    finally:
-        codes = stop([victim, survivor])
-    counts = Counter(read_marks(marks))
-    assert set(counts) == {f"s{i}" for i in range(n)}
-    assert sum(c - 1 for c in counts.values()) <= 10, "only the killed worker's in-flight tasks run twice"
-    assert codes[1] == 0, logs(marks)
-    assert (await driver.stats(["default"]))["default"]["failed"] == 0

@@ -262,13 +262,8 @@ def _ids(deliveries: Iterable[Delivery]) -> list[tuple[int, int]]:
 
 
 def _int_ids(ids: Iterable[str]) -> list[int]:
-    out = []
-    for i in ids:
-        try:
-            out.append(int(i))
-        except (TypeError, ValueError):
-            continue
-    return out
+    """The ids that can be ours (decimal integers); others match nothing."""
+    return [int(text) for text in map(str, ids) if text.isascii() and text.isdigit()]
 
 
 def _marks(n: int) -> str:
@@ -276,8 +271,7 @@ def _marks(n: int) -> str:
 
 
 def _chunks(items: Sequence[T], size: int = BATCH_ROWS) -> Iterable[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+    return (items[start : start + size] for start in range(0, len(items), size))
 
 
 def _seconds(rows: Sequence[Any]) -> float | None:
@@ -789,27 +783,39 @@ class MySQLDriver(BaseDriver):
         return [Delivery(str(r[0]), r[1], bytes(r[2]), str(nonce ^ int(r[0])), int(r[3]) + 1) for r in rows]
 
     async def _claim(self, queues: Sequence[str], limit: int) -> list[Delivery]:
-        """Claim, and if the caller is cancelled meanwhile, give back what the claim leased."""
+        """A claim whose caller is cancelled still runs to its end (a half-read claim would
+        hold rows until their leases expire, at the cost of an attempt); whatever it leased
+        is then given back, in one statement."""
         claim = asyncio.ensure_future(self._claim_now(queues, limit))
         try:
             return await asyncio.shield(claim)
         except asyncio.CancelledError:
-            claim.add_done_callback(self._give_back_later)
+            self._in_background(self._unlease_when_done(claim))
             raise
 
-    def _give_back_later(self, claim: asyncio.Future[list[Delivery]]) -> None:
-        if claim.cancelled() or claim.exception() is not None or not claim.result():
+    async def _unlease_when_done(self, claim: asyncio.Future[list[Delivery]]) -> None:
+        try:
+            deliveries = await claim
+        except (DriverError, asyncio.CancelledError):
             return
-        task = asyncio.ensure_future(self._give_back(claim.result()))
+        pairs = _ids(deliveries)
+        if not pairs:
+            return
+        try:
+            await self._query(
+                f"UPDATE {self._t} SET token = NULL, due = UTC_TIMESTAMP(6), "
+                f"deliveries = GREATEST(deliveries - 1, 0) WHERE {self._fence(len(pairs))}",
+                [*(i for i, _ in pairs), *(t for _, t in pairs)],
+            )
+        except DriverError as exc:  # their leases expire instead
+            log.warning("could not give back %d message(s) of a cancelled dequeue: %s", len(pairs), exc)
+            return
+        self.wake_queues({d.queue for d in deliveries})
+
+    def _in_background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _give_back(self, deliveries: list[Delivery]) -> None:
-        for delivery in deliveries:
-            try:
-                await self.release(delivery)
-            except DriverError:  # the lease will expire instead
-                log.warning("could not give back message %s after a cancelled dequeue", delivery.id)
 
     # -- waiting ---------------------------------------------------------------------------
 
