@@ -27,7 +27,14 @@ from asynctasq.drivers.mysql import (
     parse_dsn,
     parse_version,
 )
-from asynctasq.errors import BrokerError, BrokerUnavailable, ConfigError, MessageTooLarge, SchemaError
+from asynctasq.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigError,
+    DriverError,
+    MessageTooLarge,
+    SchemaError,
+)
 from tests.backends import mysql_backend, unavailable
 from tests.backends.mysql_backend import DSN
 from tests.conftest import wait_for
@@ -322,6 +329,17 @@ async def test_cancelled_dequeue_gives_back_what_it_claimed(driver: MySQLDriver)
     await wait_for(lambda: not driver._background, timeout=5)
     [got] = await driver.dequeue(["q"], 1, wait=1)
     assert got.delivery_count == 1 and got.body == b"x"
+
+
+async def test_a_disconnected_driver_says_so(make: Callable[..., Awaitable[MySQLDriver]]) -> None:
+    driver = await make()
+    await driver.disconnect()
+    for call in (driver.enqueue("q", b"x"), driver.dequeue(["q"], 1, wait=0), driver.stats(["q"])):
+        with pytest.raises(DriverError, match="disconnected: call connect"):
+            await call
+    await driver.connect()
+    await driver.enqueue("q", b"x")
+    assert len(await driver.dequeue(["q"], 1, wait=0)) == 1
 
 
 async def test_lock_wait_timeout_is_retried_and_claims_nothing_twice(

@@ -516,6 +516,13 @@ class MySQLDriver(BaseDriver):
             )
         return BrokerError(f"{self._where} failed a statement ({text})")
 
+    async def _pool_or_connect(self) -> Any:
+        if self._pool is None:
+            if self._closed:
+                raise DriverError("the mysql driver was disconnected: call connect() again to use it")
+            await self.connect()
+        return self._pool
+
     async def _run(self, op: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``op(connection)`` on a pooled connection: reconnecting while the server is away,
         retrying (a few times, with jitter) after a deadlock or a lock wait timeout, which roll
@@ -524,12 +531,7 @@ class MySQLDriver(BaseDriver):
         async def attempt() -> T:
             delay = LOCK_RETRY_FIRST_S
             for retry in range(LOCK_RETRIES + 1):
-                pool = self._pool
-                if pool is None:
-                    if self._closed:
-                        raise DriverError("the mysql driver was disconnected: call connect() again to use it")
-                    await self.connect()
-                    pool = self._pool
+                pool = await self._pool_or_connect()
                 try:
                     async with pool.acquire() as conn:
                         try:
@@ -679,8 +681,7 @@ class MySQLDriver(BaseDriver):
     # -- enqueue ---------------------------------------------------------------------------
 
     async def _enqueue_many(self, items: Sequence[EnqueueItem]) -> list[str]:
-        if self._pool is None:
-            await self.connect()
+        await self._pool_or_connect()  # the packet limit is known once connected
         room = self._packet_room() or (1 << 24)
         head = f"INSERT INTO {self._t} (queue, due, created_at, body) VALUES "
         tail = " RETURNING id" if self._returning else ""
