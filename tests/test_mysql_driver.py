@@ -342,6 +342,50 @@ async def test_a_disconnected_driver_says_so(make: Callable[..., Awaitable[MySQL
     assert len(await driver.dequeue(["q"], 1, wait=0)) == 1
 
 
+async def test_idle_wait_costs_few_queries_and_still_sees_other_processes(
+    make: Callable[..., Awaitable[MySQLDriver]], table: str
+) -> None:
+    """No NOTIFY: an idle consumer probes at its idle interval (a few read-only queries a
+    second) and picks up a task from a producer it shares no process wake-ups with."""
+    consumer = await make(idle_after_s=0.2)
+    assert (await driver_queries(consumer, lambda: consumer.dequeue(["q"], 1, wait=0.5)))[0] == []
+    got, idle_queries = await driver_queries(consumer, lambda: consumer.dequeue(["q"], 1, wait=2.0))
+    assert got == []
+    print(f"idle: {idle_queries} queries in 2 s")
+    assert idle_queries <= 12, f"{idle_queries} queries in 2 s of idle waiting"
+    elsewhere = MySQLDriver(DSN.replace("127.0.0.1", "localhost"), table=table)  # another wake scope
+    assert elsewhere.wake_scope() != consumer.wake_scope()
+    async with elsewhere:
+
+        async def produce_later() -> None:
+            await asyncio.sleep(0.3)
+            await elsewhere.enqueue("q", b"from elsewhere")
+
+        producing = asyncio.ensure_future(produce_later())
+        started = time.monotonic()
+        [delivery] = await consumer.dequeue(["q"], 1, wait=10)
+        await producing
+        assert delivery.body == b"from elsewhere"
+        assert time.monotonic() - started < 0.3 + 1.0, "picked up within about one idle interval"
+
+
+async def driver_queries(driver: MySQLDriver, call: Callable[[], Awaitable[Any]]) -> tuple[Any, int]:
+    """What ``call()`` returned, and how many round trips the driver made meanwhile."""
+    count = 0
+    original = driver._run
+
+    async def counting(op: Any) -> Any:
+        nonlocal count
+        count += 1
+        return await original(op)
+
+    driver._run = counting  # type: ignore[method-assign]
+    try:
+        return await call(), count
+    finally:
+        del driver._run
+
+
 async def test_lock_wait_timeout_is_retried_and_claims_nothing_twice(
     make: Callable[..., Awaitable[MySQLDriver]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
