@@ -294,6 +294,7 @@ async def test_acks_and_commands_on_both_server_paths(driver: MySQLDriver, retur
     ids = await driver.enqueue_many([EnqueueItem("q", str(i).encode()) for i in range(4)])
     assert [int(i) for i in ids] == sorted(int(i) for i in ids)
     got = await driver.dequeue(["q"], 4, wait=1)
+    assert [d.id for d in got] == ids and [d.body for d in got] == [b"0", b"1", b"2", b"3"]
     stale = Delivery(got[0].id, "q", b"", str(int(got[0].token) ^ 2), 1)
     assert await driver.ack([stale, got[1], got[2]]) == [got[1], got[2]]
     assert await driver.complete([got[0], got[1]], [("task-1", b"result")], 60) == [got[0]]
