@@ -35,7 +35,7 @@ from asynctasq.errors import (
     MessageTooLarge,
     SchemaError,
 )
-from tests.backends import mysql_backend, unavailable
+from tests.backends import check_port, mysql_backend, unavailable
 from tests.backends.mysql_backend import DSN
 from tests.conftest import wait_for
 
@@ -58,7 +58,7 @@ async def make(table: str) -> AsyncIterator[Callable[..., Awaitable[MySQLDriver]
         return driver
 
     try:
-        mysql_backend.check_port("MariaDB", mysql_backend.HOST, mysql_backend.PORT)
+        check_port("MariaDB", mysql_backend.HOST, mysql_backend.PORT)
     except Exception as exc:  # noqa: BLE001 - ServiceUnavailable
         unavailable(str(exc))
     yield factory
@@ -453,7 +453,7 @@ async def test_unreachable_server_is_a_clear_error_without_the_password() -> Non
 
 
 async def test_wrong_password_and_a_percent_encoded_one(table: str) -> None:
-    mysql_backend.check_port("MariaDB", mysql_backend.HOST, mysql_backend.PORT)
+    check_port("MariaDB", mysql_backend.HOST, mysql_backend.PORT)
     user, password = "atq_" + uuid.uuid4().hex[:8], "p@ss:w/rd%1"
     await admin_query(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (password,))
     await admin_query(f"CREATE USER '{user}'@'localhost' IDENTIFIED BY %s", (password,))
@@ -488,7 +488,7 @@ async def tables_of(table: str) -> set[str]:
 
 
 async def test_migrate_steps_and_refuses_an_old_schema(table: str) -> None:
-    mysql_backend.check_port("MariaDB", mysql_backend.HOST, mysql_backend.PORT)
+    check_port("MariaDB", mysql_backend.HOST, mysql_backend.PORT)
     driver = MySQLDriver(DSN, table=table)
     try:
         assert await driver.migrate(target=1) == [f"mysql {table}: 1 tasks and failed tables"]
@@ -509,7 +509,7 @@ async def test_migrate_steps_and_refuses_an_old_schema(table: str) -> None:
 
 
 async def test_concurrent_first_connects_migrate_once(table: str) -> None:
-    mysql_backend.check_port("MariaDB", mysql_backend.HOST, mysql_backend.PORT)
+    check_port("MariaDB", mysql_backend.HOST, mysql_backend.PORT)
     drivers = [MySQLDriver(DSN, table=table, max_pool_size=1) for _ in range(4)]
     try:
         await asyncio.gather(*(d.connect() for d in drivers))
@@ -522,7 +522,7 @@ async def test_concurrent_first_connects_migrate_once(table: str) -> None:
 
 
 async def test_newer_schema_is_refused(table: str) -> None:
-    mysql_backend.check_port("MariaDB", mysql_backend.HOST, mysql_backend.PORT)
+    check_port("MariaDB", mysql_backend.HOST, mysql_backend.PORT)
     driver = MySQLDriver(DSN, table=table)
     try:
         await driver.migrate()
@@ -537,7 +537,7 @@ async def test_newer_schema_is_refused(table: str) -> None:
 
 
 def test_cli_migrate(table: str) -> None:
-    mysql_backend.check_port("MariaDB", mysql_backend.HOST, mysql_backend.PORT)
+    check_port("MariaDB", mysql_backend.HOST, mysql_backend.PORT)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
     command = [sys.executable, "-m", "asynctasq", "migrate", "--driver", "mysql", "--mysql-dsn", DSN]
     command += ["--mysql-table", table]
