@@ -61,6 +61,15 @@ DEFAULT_POSTGRES_MAX_POOL_SIZE = 10
 DEFAULT_MYSQL_DSN = "mysql://root@localhost:3306/test"
 DEFAULT_MYSQL_TABLE = "asynctasq_tasks"
 DEFAULT_MYSQL_MAX_POOL_SIZE = 10
+DEFAULT_MYSQL_POLL_INTERVAL_S = 0.002
+"""First poll of a waiting MySQL dequeue after activity (MySQL has no NOTIFY)."""
+DEFAULT_MYSQL_BUSY_POLL_INTERVAL_S = 0.05
+"""The MySQL poll backs off to this within the first seconds without work."""
+DEFAULT_MYSQL_IDLE_AFTER_S = 2.0
+"""After this long without work a MySQL poll slows to its idle interval."""
+DEFAULT_MYSQL_MAX_POLL_INTERVAL_S = 0.25
+"""The MySQL poll interval (with jitter) once idle: a few queries a second."""
+DEFAULT_MYSQL_CONNECT_TIMEOUT_S = 10.0
 
 # -- sqs --------------------------------------------------------------------------------------
 DEFAULT_SQS_REGION = "us-east-1"
