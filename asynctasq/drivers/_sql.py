@@ -11,12 +11,23 @@ behind (:func:`check_version` says what to run).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple, TypeVar
 
 from asynctasq.errors import ConfigError, SchemaError
 
 _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+T = TypeVar("T")
+
+
+def int_ids(ids: Iterable[str]) -> list[int]:
+    """The ids that can be rows of ours (decimal integers); any other matches nothing."""
+    return [int(text) for text in map(str, ids) if text.isascii() and text.isdigit()]
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """``items`` in slices of at most ``size`` (statements bound their parameters)."""
+    return (items[start : start + size] for start in range(0, len(items), size))
 
 
 def validate_identifier(value: str, what: str, driver: str, max_len: int = 63) -> str:
@@ -62,4 +73,4 @@ def check_version(found: int, need: int, where: str, migrate_hint: str) -> None:
         )
 
 
-__all__ = ["Migration", "check_version", "latest", "pending", "validate_identifier"]
+__all__ = ["Migration", "check_version", "chunks", "int_ids", "latest", "pending", "validate_identifier"]

@@ -50,6 +50,8 @@ table in :mod:`asynctasq.drivers`, and passes ``tests/drivers/`` against its rea
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
 from abc import ABC, abstractmethod
@@ -60,9 +62,10 @@ from typing import Any, ClassVar, NamedTuple, TypedDict, TypeVar
 
 from asynctasq.constants import DEFAULT_LEASE_S, DEFAULT_MAX_MESSAGE_BYTES
 from asynctasq.drivers._wait import WakeHub, queue_key, result_key, wake_hub
-from asynctasq.errors import InvalidQueueName, MessageTooLarge, UnsupportedOperation
+from asynctasq.errors import AsyncTasQError, InvalidQueueName, MessageTooLarge, UnsupportedOperation
 
 T = TypeVar("T")
+log = logging.getLogger("asynctasq.drivers")
 
 QUEUE_NAME_MAX_LEN = 80
 _QUEUE_NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,%d}\Z" % QUEUE_NAME_MAX_LEN)
@@ -170,6 +173,7 @@ class BaseDriver(ABC):
         self.lease_seconds = float(lease_seconds)
         self.max_message_bytes = int(max_message_bytes or self.default_max_message_bytes)
         self._hub: WakeHub | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
@@ -263,12 +267,50 @@ class BaseDriver(ABC):
         names = list(dict.fromkeys(validate_queue_name(q) for q in queues))
         if limit <= 0 or not names:
             return []
-        got = await self._claim(names, limit)
+        got = await self._claim_or_give_back(names, limit)
         if got or wait <= 0:
             return got  # the busy path: no waiter to register
         return await self._wait_for(
-            lambda: self._claim(names, limit), [queue_key(q) for q in names], names, wait
+            lambda: self._claim_or_give_back(names, limit), [queue_key(q) for q in names], names, wait
         )
+
+    async def _claim_or_give_back(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        """``_claim``, run to its end even when the caller is cancelled meanwhile (a claim cut
+        short could hold messages until their leases expire); what it leased for a caller who
+        is gone is given back uncounted."""
+        claim = asyncio.ensure_future(self._claim(queues, limit))
+        try:
+            return await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            self._in_background(self._give_back_claimed(claim))
+            raise
+
+    async def _give_back_claimed(self, claim: asyncio.Future[list[Delivery]]) -> None:
+        try:
+            deliveries = await claim
+        except (AsyncTasQError, OSError, asyncio.CancelledError):
+            return
+        if deliveries:
+            await self._unlease(deliveries)
+            self.wake_queues({d.queue for d in deliveries})
+
+    async def _unlease(self, deliveries: Sequence[Delivery]) -> None:
+        """Give back deliveries nobody got, uncounted; override with one batch statement."""
+        for delivery in deliveries:
+            try:
+                await self._release(delivery, 0.0, None)
+            except (AsyncTasQError, OSError) as exc:  # its lease expires instead
+                log.warning("could not give back message %s of a cancelled dequeue: %s", delivery.id, exc)
+
+    def _in_background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _settle_background(self) -> None:
+        """Wait for background work (give-backs); drivers call it first in ``disconnect()``."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         """Delete finished messages; return those that were still held (stale ones are skipped)."""

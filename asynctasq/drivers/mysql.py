@@ -74,7 +74,7 @@ from asynctasq.drivers._mysql_schema import (
     VERSION_TABLE,
 )
 from asynctasq.drivers._reconnect import Reconnect, one_line
-from asynctasq.drivers._sql import check_version, latest, pending, validate_identifier
+from asynctasq.drivers._sql import check_version, chunks, int_ids, latest, pending, validate_identifier
 from asynctasq.drivers._wait import AdaptivePoll, Waiter
 from asynctasq.drivers.base import (
     BaseDriver,
@@ -261,17 +261,12 @@ def _ids(deliveries: Iterable[Delivery]) -> list[tuple[int, int]]:
     return out
 
 
-def _int_ids(ids: Iterable[str]) -> list[int]:
-    """The ids that can be ours (decimal integers); others match nothing."""
-    return [int(text) for text in map(str, ids) if text.isascii() and text.isdigit()]
-
-
 def _marks(n: int) -> str:
     return ",".join(["%s"] * n)
 
 
 def _chunks(items: Sequence[T], size: int = BATCH_ROWS) -> Iterable[Sequence[T]]:
-    return (items[start : start + size] for start in range(0, len(items), size))
+    return chunks(items, size)
 
 
 def _seconds(rows: Sequence[Any]) -> float | None:
@@ -367,7 +362,6 @@ class MySQLDriver(BaseDriver):
         self._maybe_empty = False
         """The last claim found nothing and nothing woke us since: probe before claiming."""
         self._result_poll = AdaptivePoll(self.poll_interval_s, self.max_poll_interval_s)
-        self._background: set[asyncio.Task[None]] = set()
         self._next_cleanup = 0.0
         self._claim_sql: dict[int, str] = {}
         self._probed: tuple[float, frozenset[str], float | None] | None = None
@@ -471,8 +465,7 @@ class MySQLDriver(BaseDriver):
         )
 
     async def disconnect(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._settle_background()
         self._closed = True
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -744,7 +737,7 @@ class MySQLDriver(BaseDriver):
             sql = self._claim_sql[n] = "START TRANSACTION; " + chosen
         return sql
 
-    async def _claim_now(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+    async def _claim(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         """Two round trips on one connection: lock up to ``limit`` claimable rows, skipping
         those other claimers hold (``START TRANSACTION; SELECT ... FOR UPDATE SKIP LOCKED``),
         then lease them by primary key and commit (``UPDATE ... WHERE id IN (...); COMMIT``).
@@ -783,22 +776,8 @@ class MySQLDriver(BaseDriver):
         self._active()
         return [Delivery(str(r[0]), r[1], bytes(r[2]), str(nonce ^ int(r[0])), int(r[3]) + 1) for r in rows]
 
-    async def _claim(self, queues: Sequence[str], limit: int) -> list[Delivery]:
-        """A claim whose caller is cancelled still runs to its end (a half-read claim would
-        hold rows until their leases expire, at the cost of an attempt); whatever it leased
-        is then given back, in one statement."""
-        claim = asyncio.ensure_future(self._claim_now(queues, limit))
-        try:
-            return await asyncio.shield(claim)
-        except asyncio.CancelledError:
-            self._in_background(self._unlease_when_done(claim))
-            raise
-
-    async def _unlease_when_done(self, claim: asyncio.Future[list[Delivery]]) -> None:
-        try:
-            deliveries = await claim
-        except (DriverError, asyncio.CancelledError):
-            return
+    async def _unlease(self, deliveries: Sequence[Delivery]) -> None:
+        """Give back what a cancelled dequeue leased, in one statement."""
         pairs = _ids(deliveries)
         if not pairs:
             return
@@ -810,13 +789,6 @@ class MySQLDriver(BaseDriver):
             )
         except DriverError as exc:  # their leases expire instead
             log.warning("could not give back %d message(s) of a cancelled dequeue: %s", len(pairs), exc)
-            return
-        self.wake_queues({d.queue for d in deliveries})
-
-    def _in_background(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -1070,7 +1042,7 @@ class MySQLDriver(BaseDriver):
             where, args = ("WHERE queue = %s", [queue]) if queue is not None else ("", [])
             rows = (await self._query(f"SELECT id FROM {ft} {where} ORDER BY id", args or None))[0][1]
             return [int(r[0]) for r in rows]
-        wanted = _int_ids(ids)
+        wanted = int_ids(ids)
         found: list[int] = []
         for chunk in _chunks(wanted):
             extra, args = (" AND queue = %s", [queue]) if queue is not None else ("", [])

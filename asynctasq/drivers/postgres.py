@@ -47,7 +47,7 @@ from asynctasq.constants import (
 )
 from asynctasq.drivers._postgres_schema import MIGRATE_HINT, MIGRATIONS, SCHEMA_VERSION
 from asynctasq.drivers._reconnect import Reconnect, one_line
-from asynctasq.drivers._sql import check_version, pending, validate_identifier
+from asynctasq.drivers._sql import check_version, int_ids, pending, validate_identifier
 from asynctasq.drivers._wait import Waiter, WakeHub, queue_key, result_key
 from asynctasq.drivers.base import (
     BaseDriver,
@@ -222,6 +222,7 @@ class PostgresDriver(BaseDriver):
         self._pool = pool
 
     async def disconnect(self) -> None:
+        await self._settle_background()
         self._closing = True
         task, self._listener_task = self._listener_task, None
         if task is not None:
@@ -499,13 +500,7 @@ class PostgresDriver(BaseDriver):
 
     @staticmethod
     def _ids(ids: Iterable[str] | None) -> list[int] | None:
-        if ids is None:
-            return None
-        out = []
-        for i in ids:
-            with contextlib.suppress(ValueError):
-                out.append(int(i))
-        return out
+        return None if ids is None else int_ids(ids)
 
     async def failed_requeue(self, ids: Iterable[str] | None = None, queue: str | None = None) -> int:
         wanted = self._ids(ids)

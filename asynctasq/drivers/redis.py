@@ -274,6 +274,7 @@ class RedisDriver(BaseDriver):
         self._connected = True
 
     async def disconnect(self) -> None:
+        await self._settle_background()
         self._connected = False
         self._client.close()
 

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from asynctasq.constants import DEFAULT_LEASE_S, DEFAULT_SQLITE_PATH
+from asynctasq.drivers._sql import chunks, int_ids
 from asynctasq.drivers._wait import AdaptivePoll, Waiter
 from asynctasq.drivers.base import (
     BaseDriver,
@@ -141,18 +142,7 @@ def _marks(n: int) -> str:
 
 
 def _chunks(items: Sequence[T], size: int = BATCH_ROWS) -> Iterable[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _int_ids(ids: Iterable[str]) -> list[int]:
-    out = []
-    for i in ids:
-        try:
-            out.append(int(i))
-        except (TypeError, ValueError):
-            continue  # not one of ours: nothing to match
-    return out
+    return chunks(items, size)
 
 
 def _daemonize(conn: aiosqlite.Connection) -> None:
@@ -228,7 +218,6 @@ class SQLiteDriver(BaseDriver):
         self._conn: aiosqlite.Connection | None = None
         self._closed = False
         self._locks: tuple[asyncio.AbstractEventLoop, asyncio.Lock, asyncio.Lock] | None = None
-        self._background: set[asyncio.Task[None]] = set()
         self._next_cleanup = 0.0
         self._claim_sql: dict[int, str] = {}
         self._probe_sql: dict[int, str] = {}
@@ -311,8 +300,7 @@ class SQLiteDriver(BaseDriver):
         await self._transaction(conn, create)
 
     async def disconnect(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._settle_background()
         self._closed = True
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -473,7 +461,7 @@ class SQLiteDriver(BaseDriver):
             self._probe_sql[n] = sql
         return sql
 
-    async def _claim_now(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+    async def _claim(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         async def op(conn: aiosqlite.Connection) -> list[Delivery]:
             now = time.time()
             params: list[Any] = [now + self.lease_seconds]
@@ -489,29 +477,6 @@ class SQLiteDriver(BaseDriver):
             rank = {q: i for i, q in enumerate(queues)}
             deliveries.sort(key=lambda d: (rank[d.queue], int(d.id)))
         return deliveries
-
-    async def _claim(self, queues: Sequence[str], limit: int) -> list[Delivery]:
-        """Claim, and if the caller is cancelled meanwhile, give back what the claim leased."""
-        claim = asyncio.ensure_future(self._claim_now(queues, limit))
-        try:
-            return await asyncio.shield(claim)
-        except asyncio.CancelledError:
-            claim.add_done_callback(self._give_back_later)
-            raise
-
-    def _give_back_later(self, claim: asyncio.Future[list[Delivery]]) -> None:
-        if claim.cancelled() or claim.exception() is not None or not claim.result():
-            return
-        task = asyncio.ensure_future(self._give_back(claim.result()))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _give_back(self, deliveries: list[Delivery]) -> None:
-        for delivery in deliveries:
-            try:
-                await self.release(delivery)
-            except DriverError:  # the lease will expire instead
-                log.warning("could not give back message %s after a cancelled dequeue", delivery.id)
 
     async def _probe(self, queues: Sequence[str]) -> tuple[int | None, float | None]:
         """(data_version, earliest future due time among ``queues``), read-only and lock-free."""
@@ -560,7 +525,7 @@ class SQLiteDriver(BaseDriver):
     async def _fenced(self, sql: str, deliveries: Sequence[Delivery], head: Sequence[Any]) -> list[Delivery]:
         """Run ``sql`` (containing ``_FENCE``, ending in ``RETURNING id, token``) over
         ``deliveries`` in chunks; return the deliveries it changed."""
-        held = [(i, d.token) for d in deliveries for i in _int_ids([d.id])]
+        held = [(i, d.token) for d in deliveries for i in int_ids([d.id])]
         if not held:
             return []
 
@@ -593,7 +558,7 @@ class SQLiteDriver(BaseDriver):
         )
 
     async def _release(self, delivery: Delivery, delay: float, body: bytes | None) -> bool:
-        ids = _int_ids([delivery.id])
+        ids = int_ids([delivery.id])
         if not ids:
             return False
         msg_id = ids[0]
@@ -618,7 +583,7 @@ class SQLiteDriver(BaseDriver):
         return await self._run(op) == 1
 
     async def _fail(self, delivery: Delivery, error: str) -> bool:
-        ids = _int_ids([delivery.id])
+        ids = int_ids([delivery.id])
         if not ids:
             return False
         msg_id = ids[0]
@@ -684,7 +649,7 @@ class SQLiteDriver(BaseDriver):
         queue_part = ("queue = ?", [queue]) if queue is not None else ("1", [])
         if ids is None:
             return [queue_part]
-        wanted = _int_ids(ids)
+        wanted = int_ids(ids)
         return [
             (f"id IN ({_marks(len(chunk))}) AND {queue_part[0]}", [*chunk, *queue_part[1]])
             for chunk in _chunks(wanted)
