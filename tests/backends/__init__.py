@@ -17,7 +17,7 @@ import pytest
 
 from asynctasq.drivers.base import BaseDriver
 
-BACKENDS = ["memory", "postgres", "sqlite", "redis"]
+BACKENDS = ["memory", "postgres", "sqlite", "redis", "sqs"]
 """Every driver the conformance suite runs against."""
 
 MakeDriver = Callable[..., Awaitable[BaseDriver]]
