@@ -210,6 +210,7 @@ class SQSDriver(BaseDriver):
         self._buffers: dict[str, deque[Delivery]] = {}
         self._polls: dict[str, asyncio.Task[None]] = {}
         self._poll_size = 1
+        self._demand: dict[str, float] = {}
 
     @staticmethod
     def _parse_prefix(prefix: str | None) -> tuple[str, str | None]:
@@ -308,9 +309,20 @@ class SQSDriver(BaseDriver):
     async def _call(self, op: str, *, retry: bool = True, **params: Any) -> dict[str, Any]:
         method: Callable[..., Awaitable[dict[str, Any]]] = getattr(self._require_client(), op)
         try:
-            if retry:
-                return await self._reconnect.run(lambda: method(**params))
-            return await method(**params)
+            try:
+                if retry:
+                    return await self._reconnect.run(lambda: method(**params))
+                return await method(**params)
+            except ClientError as exc:
+                error = self._client_error(exc, op, params.get("QueueUrl"))
+                if not isinstance(error, _MissingQueue) or "QueueUrl" not in params:
+                    raise error from None
+                if not self.create_queues:
+                    self._forget_url(str(params["QueueUrl"]))
+                    raise error from None
+            # the queue went away (deleted, or a test server restarted): create it again, retry once
+            params["QueueUrl"] = await self._recreate(str(params["QueueUrl"]))
+            return await self._reconnect.run(lambda: method(**params))
         except ClientError as exc:
             raise self._client_error(exc, op, params.get("QueueUrl")) from None
         except NoCredentialsError:
@@ -319,15 +331,28 @@ class SQSDriver(BaseDriver):
                 "(AWS_PROFILE), an instance role, or --aws-access-key-id/--aws-secret-access-key"
             ) from None
 
+    def _forget_url(self, url: str) -> None:
+        for cache in (self._urls, self._failed_urls):
+            for queue in [q for q, cached in cache.items() if cached == url]:
+                del cache[queue]
+
+    async def _recreate(self, url: str) -> str:
+        name = url.rstrip("/").rsplit("/", 1)[-1]
+        log.warning("SQS queue %s is gone; creating it again", name)
+        result = await self._call(
+            "create_queue", QueueName=name, Attributes={"MaximumMessageSize": str(SQS_MAX_MESSAGE_BYTES)}
+        )
+        new_url = str(result["QueueUrl"])
+        for cache in (self._urls, self._failed_urls):
+            for queue in [q for q, cached in cache.items() if cached == url]:
+                cache[queue] = new_url
+        return new_url
+
     def _client_error(self, exc: ClientError, op: str, url: str | None) -> BrokerError:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", "?"))
         message = one_line(Exception(error.get("Message", "")), self._secret)
         if code in _MISSING_QUEUE_CODES:
-            for cache in (self._urls, self._failed_urls):
-                for queue, cached in list(cache.items()):
-                    if cached == url:
-                        del cache[queue]
             return _MissingQueue(
                 f"SQS queue {url or '?'} does not exist: create it, or turn on --sqs-create-queues"
             )
@@ -600,25 +625,34 @@ class SQSDriver(BaseDriver):
         return out
 
     async def _pause(self, waiter: Waiter, queues: Sequence[str], left: float) -> None:
+        now = time.monotonic()
         for queue in queues:
+            self._demand[queue] = now
             poll = self._polls.get(queue)
             if poll is None or poll.done():
-                self._polls[queue] = asyncio.get_running_loop().create_task(
-                    self._long_poll(queue, self._poll_size)
-                )
+                self._polls[queue] = asyncio.get_running_loop().create_task(self._long_poll(queue))
         await waiter.sleep(left)
 
-    async def _long_poll(self, queue: str, count: int) -> None:
-        try:
-            got, _ = await self._receive(queue, count, self.wait_time_seconds, background=True)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the next dequeue short-polls and reports it
-            log.debug("long poll of %s failed: %s", queue, exc)
-            got = []
-        if got:
-            self._buffers.setdefault(queue, deque()).extend(got)
-        self.wake_queues((queue,))
+    async def _long_poll(self, queue: str) -> None:
+        """Long polls of ``queue`` back to back while dequeues keep waiting on it and nothing
+        is kept for them; ends after a poll that brought messages, failed, or that nobody
+        waited through."""
+        while True:
+            started = time.monotonic()
+            try:
+                got, _ = await self._receive(queue, self._poll_size, self.wait_time_seconds, background=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next dequeue short-polls and reports it
+                log.debug("long poll of %s failed: %s", queue, exc)
+                self.wake_queues((queue,))
+                return
+            if got:
+                self._buffers.setdefault(queue, deque()).extend(got)
+                self.wake_queues((queue,))
+                return
+            if self._demand.get(queue, 0.0) <= started:
+                return
 
     async def _ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         by_url: dict[str, list[Delivery]] = {}

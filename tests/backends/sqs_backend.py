@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 from tests.backends import ServiceUnavailable
@@ -132,3 +133,15 @@ def driver_config(namespace: str) -> dict[str, Any]:
         "sqs_create_queues": True,
         **CREDENTIALS,
     }
+
+
+def count_calls(driver: Any) -> Counter[str]:
+    """A counter of the SQS API calls ``driver`` makes from now on, by operation name (an
+    event hook on its aiobotocore client: every request the broker would bill)."""
+    calls: Counter[str] = Counter()
+
+    def before_call(model: Any, **_: Any) -> None:
+        calls[model.name] += 1
+
+    driver._client.meta.events.register("before-call.sqs", before_call)
+    return calls
