@@ -6,10 +6,7 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -32,6 +29,7 @@ from asynctasq.errors import (
 from asynctasq.message import Envelope
 from tests.backends import ServiceUnavailable, cleanup, make_driver, services_required, unavailable
 from tests.conftest import wait_for
+from tests.test_crash_recovery import logs, start_worker
 
 try:
     from asynctasq.drivers.sqs import SQSDriver
@@ -141,6 +139,8 @@ async def test_names_sqs_cannot_hold_are_refused(sqs: SQSDriver) -> None:
     for bad in ("has.dot", "has:colon", "x" * 75):  # valid asynctasq names, not SQS ones
         with pytest.raises(InvalidQueueName, match="SQS"):
             await sqs.enqueue(bad, b"x")
+    with pytest.raises(InvalidQueueName, match="FIFO"):
+        await sqs.enqueue("orders.fifo", b"x")
 
 
 async def test_missing_queue_is_a_clear_error(make_sqs: MakeSQS, queue: str) -> None:
@@ -413,29 +413,6 @@ async def test_dead_broker_is_a_clear_error_without_secrets(queue: str) -> None:
 # -- worker processes ---------------------------------------------------------------------------
 
 
-def start_worker(env: dict[str, str], marks: Path, *extra: str) -> subprocess.Popen[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
-    full_env.update(env, ASYNCTASQ_TEST_MARKS=str(marks))
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "asynctasq",
-            "worker",
-            "--import",
-            "tests.cli_tasks",
-            "--log-level",
-            "INFO",
-            *extra,
-        ],
-        cwd=ROOT,
-        env=full_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 @pytest.fixture
 async def worker_env(make_sqs: MakeSQS, namespace: str) -> AsyncIterator[tuple[SQSDriver, dict[str, str]]]:
     driver = await make_sqs()
@@ -462,8 +439,7 @@ async def test_sigterm_gives_back_without_using_an_attempt(
 
         await wait_for(running, timeout=30, interval=0.1)
         worker.send_signal(signal.SIGTERM)
-        _, err = worker.communicate(timeout=20)
-        assert worker.returncode == 0, err
+        assert worker.wait(20) == 0, logs(tmp_path / "marks")
     finally:
         if worker.poll() is None:
             worker.kill()
@@ -479,18 +455,14 @@ async def test_worker_in_a_long_poll_stops_within_a_second(
     worker_env: tuple[SQSDriver, dict[str, str]], tmp_path: Path
 ) -> None:
     _, env = worker_env
-    worker = start_worker(env, tmp_path / "marks", "--queues", "high,default")
+    marks = tmp_path / "marks"
+    worker = start_worker(env, marks, "--queues", "high,default", "--log-level", "INFO")
     try:
-        assert worker.stderr is not None
-        loop = asyncio.get_running_loop()
-        line = await asyncio.wait_for(loop.run_in_executor(None, worker.stderr.readline), 30)
-        while "listening on" not in line:
-            line = await asyncio.wait_for(loop.run_in_executor(None, worker.stderr.readline), 30)
+        await wait_for(lambda: "listening on" in logs(marks), timeout=30, interval=0.05)
         await asyncio.sleep(1.0)  # its first dequeue found nothing: 20 s long polls are in flight
         started = time.monotonic()
         worker.send_signal(signal.SIGTERM)
-        worker.communicate(timeout=20)
-        assert worker.returncode == 0
+        assert worker.wait(20) == 0, logs(marks)
         assert time.monotonic() - started < 1.5
     finally:
         if worker.poll() is None:

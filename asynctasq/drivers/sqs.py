@@ -367,6 +367,11 @@ class SQSDriver(BaseDriver):
 
     def _sqs_name(self, queue: str, suffix: str = "") -> str:
         name = self._name_prefix + queue + suffix
+        if queue.endswith(".fifo"):
+            raise InvalidQueueName(
+                f"queue {queue!r} is an SQS FIFO queue: the sqs driver supports standard queues only "
+                "(FIFO queues take no per-message delay, which retries need)"
+            )
         if not _SQS_NAME_RE.match(name):
             raise InvalidQueueName(
                 f"queue {queue!r} cannot be an SQS queue: SQS names ({name!r} with the prefix and any "
