@@ -66,9 +66,11 @@ async def drain(namespace: str, n: int, concurrency: int) -> dict[str, Any]:
     enqueue_s = time.perf_counter() - started
     taken = sqs_backend.count_calls(consumer)
     bench_tasks.stats.update(first=0.0, last=0.0, count=0)
+    cpu = time.process_time()
     worker = _worker(consumer, [queue], concurrency=concurrency, max_tasks=n)
     await worker.start()
     drain_s = bench_tasks.stats["last"] - bench_tasks.stats["first"]
+    cpu = time.process_time() - cpu
     await producer.disconnect()
     await consumer.disconnect()
     calls = _total(sent, taken)
@@ -78,6 +80,7 @@ async def drain(namespace: str, n: int, concurrency: int) -> dict[str, Any]:
         "calls_per_task": sum(calls.values()) / n,
         "calls": dict(calls),
         "worker_calls_per_task": sum(taken.values()) / n,
+        "worker_cpu_us_per_task": 1e6 * cpu / n,
     }
 
 
@@ -149,7 +152,7 @@ async def main() -> None:
     print(
         f"drain: {d['drain_per_s']:.0f} tasks/s (enqueue {d['enqueue_per_s']:.0f}/s), "
         f"{d['calls_per_task']:.3f} API calls per task in all ({d['worker_calls_per_task']:.3f} by the "
-        f"worker): {d['calls']}\n"
+        f"worker): {d['calls']}; worker CPU {d['worker_cpu_us_per_task']:.0f} us per task (moto runs apart)\n"
         f"pickup latency into an idle worker: p50 {p['p50_ms']:.1f} ms, p95 {p['p95_ms']:.1f} ms "
         f"({p['samples']} samples)\n"
         f"idle worker on {i['queues']} queues for {i['seconds']:.0f} s: "

@@ -317,6 +317,49 @@ async def test_disconnect_gives_back_prefetched_messages_uncounted(make_sqs: Mak
     await b.ack(got)
 
 
+async def test_prefetched_messages_keep_their_lease(make_sqs: MakeSQS, queue: str) -> None:
+    """What a long poll brought beyond the free slots is extended with the held ones, so it is
+    not handed out again (counted) while the worker is busy."""
+    a, b = await make_sqs(lease_seconds=2), await make_sqs()
+    assert await a.dequeue([queue], 5, wait=0.2) == []  # a long poll for 5 is in flight
+    await b.enqueue_many([EnqueueItem(queue, str(i).encode()) for i in range(3)])
+    await wait_for(lambda: len(a._buffers.get(queue, ())) == 3, timeout=5)
+    held = await a.dequeue([queue], 1, wait=0)
+    assert len(held) == 1
+    until = time.monotonic() + 4
+    while time.monotonic() < until:  # the worker's heartbeat, at a third of the lease
+        assert await a.extend(held) == held
+        await asyncio.sleep(0.6)
+    assert await b.dequeue([queue], 5, wait=0) == []
+    rest = await a.dequeue([queue], 5, wait=0)
+    assert sorted(d.body for d in held + rest) == [b"0", b"1", b"2"]
+    assert all(d.delivery_count == 1 for d in rest)
+    assert len(await a.ack(held + rest)) == 3
+
+
+async def test_disconnect_ends_a_blocked_dequeue(make_sqs: MakeSQS, queue: str) -> None:
+    driver = await make_sqs()
+    waiting = asyncio.create_task(driver.dequeue([queue], 1, wait=30))
+    await asyncio.sleep(0.3)  # blocked in its wait
+    started = time.monotonic()
+    await driver.disconnect()
+    with pytest.raises(BrokerError, match="disconnected"):
+        await asyncio.wait_for(waiting, 5)
+    assert time.monotonic() - started < 2
+
+
+async def test_error_text_is_made_safe_for_sqs(sqs: SQSDriver, queue: str) -> None:
+    await sqs.enqueue(queue, b"x")
+    [got] = await sqs.dequeue([queue], 1, wait=2)
+    assert await sqs.fail(got, "\x00\x1b[31mboom\ufffe é") is True
+    await sqs.enqueue(queue, b"y")
+    [other] = await sqs.dequeue([queue], 1, wait=2)
+    assert await sqs.fail(other, "Traceback..." + "x" * 20_000 + "ValueError: the end") is True
+    by_body = {e["body"]: e["error"] for e in await sqs.failed_list(queue)}
+    assert by_body[b"x"] == "??[31mboom? é"
+    assert by_body[b"y"].endswith("ValueError: the end") and len(by_body[b"y"].encode()) <= 8192
+
+
 # -- capabilities -------------------------------------------------------------------------------
 
 

@@ -101,6 +101,8 @@ _MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "Qu
 _RECEIVE_SLACK_S = 0.25
 """How long before the response a long poll's messages may have been received (local lease)."""
 _ERROR_MAX_BYTES = 8192
+_NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+"""Characters SQS refuses in a message attribute."""
 _FAILED_SCAN_MAX = 100_000
 
 
@@ -211,6 +213,7 @@ class SQSDriver(BaseDriver):
         self._polls: dict[str, asyncio.Task[None]] = {}
         self._poll_size = 1
         self._demand: dict[str, float] = {}
+        self._closing = False
 
     @staticmethod
     def _parse_prefix(prefix: str | None) -> tuple[str, str | None]:
@@ -260,6 +263,7 @@ class SQSDriver(BaseDriver):
     async def connect(self) -> None:
         if self._client is not None:
             return
+        self._closing = False
         session = aioboto3.Session(
             aws_access_key_id=self._key_id,
             aws_secret_access_key=self._secret,
@@ -280,6 +284,8 @@ class SQSDriver(BaseDriver):
     async def disconnect(self) -> None:
         if self._client is None:
             return
+        self._closing = True
+        self.hub.wake_all()  # blocked dequeues find it closed
         polls = list(self._polls.values())
         self._polls.clear()
         for poll in polls:
@@ -610,6 +616,8 @@ class SQSDriver(BaseDriver):
         return out
 
     async def _claim(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        if self._closing:
+            raise BrokerError("the sqs driver was disconnected: call connect() again to use it")
         self._poll_size = min(limit, SQS_MAX_BATCH)
         out: list[Delivery] = []
         for queue in queues:
@@ -673,9 +681,17 @@ class SQSDriver(BaseDriver):
         return [d for d in deliveries if d.token in done]
 
     async def _extend(self, deliveries: Sequence[Delivery], seconds: float) -> list[Delivery]:
-        by_url: dict[str, list[tuple[Delivery, int]]] = {}
+        """Extends ``deliveries``, and in the same calls the prefetched messages whose lease is
+        half gone (a worker with no free slot extends what it holds, so these ride along)."""
         now = time.monotonic()
-        for d in deliveries:
+        wanted = [(d, seconds) for d in deliveries]
+        for buffer in self._buffers.values():
+            for d in buffer:
+                lease = self._leases.get(d.token)
+                if lease is not None and lease.deadline - now < self.lease_seconds / 2:
+                    wanted.append((d, self.lease_seconds))
+        by_url: dict[str, list[tuple[Delivery, int, float]]] = {}
+        for d, asked_s in wanted:
             lease = self._held(d)
             if lease is None:
                 continue
@@ -687,15 +703,15 @@ class SQSDriver(BaseDriver):
                     d.id,
                 )
                 continue
-            by_url.setdefault(lease.url, []).append((d, int(min(max(1, math.ceil(seconds)), room))))
+            by_url.setdefault(lease.url, []).append((d, int(min(max(1, math.ceil(asked_s)), room)), asked_s))
         kept: set[str] = set()
         for url, group in by_url.items():
             asked = time.monotonic()
-            ok = await self._change_visibility(url, [d.token for d, _ in group], [s for _, s in group])
-            for d, s in group:
+            ok = await self._change_visibility(url, [d.token for d, _, _ in group], [s for _, s, _ in group])
+            for d, s, asked_s in group:
                 lease = self._leases.get(d.token)
                 if d.token in ok and lease is not None:
-                    lease.deadline = asked + min(seconds, s)
+                    lease.deadline = asked + min(asked_s, s)
                     kept.add(d.token)
                 else:
                     self._leases.pop(d.token, None)
@@ -734,7 +750,7 @@ class SQSDriver(BaseDriver):
         if lease is None:
             return False
         failed_url = await self._failed_url(delivery.queue)
-        error = error.encode()[-_ERROR_MAX_BYTES:].decode(errors="ignore")
+        error = _NOT_SQS_TEXT.sub("?", error.encode()[-_ERROR_MAX_BYTES:].decode(errors="ignore"))
         entry = self._entry(
             0,
             delivery.id,
