@@ -6,7 +6,10 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -511,3 +514,35 @@ async def test_worker_in_a_long_poll_stops_within_a_second(
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+async def test_the_documented_command_line_runs_a_worker(
+    worker_env: tuple[SQSDriver, dict[str, str]],
+) -> None:
+    """The flags of docs/drivers/sqs.md (no ASYNCTASQ_* variables), against the test server."""
+    from tests.cli_tasks import add
+
+    driver, env = worker_env
+    await asynctasq.dispatch_many([add(1, 2), add(2, 3).on_queue("emails")], driver=driver)
+    args = [
+        "--driver", "sqs",
+        "--sqs-region", sqs_backend.REGION,
+        "--sqs-queue-url-prefix", env["ASYNCTASQ_SQS_QUEUE_URL_PREFIX"],
+        "--sqs-endpoint-url", env["ASYNCTASQ_SQS_ENDPOINT_URL"],
+        "--sqs-create-queues",
+        "--aws-access-key-id", "testing",
+        "--aws-secret-access-key", "testing",
+        "--queues", "default,emails",
+    ]  # fmt: skip
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "asynctasq", "worker", *args, "--import", "tests.cli_tasks", "--burst"],
+        cwd=ROOT,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "add 1+2=3" in done.stdout and "add 2+3=5" in done.stdout
+    assert "testing" not in done.stderr

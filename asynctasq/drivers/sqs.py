@@ -74,7 +74,7 @@ from asynctasq.drivers.base import (
     FailedEntry,
     QueueStats,
 )
-from asynctasq.errors import BrokerError, DriverNotAvailable, InvalidQueueName
+from asynctasq.errors import BrokerError, ConfigError, DriverNotAvailable, InvalidQueueName
 from asynctasq.utils.urls import redact_url
 
 try:
@@ -176,12 +176,12 @@ class SQSDriver(BaseDriver):
     ) -> None:
         super().__init__(lease_seconds=lease_seconds, max_message_bytes=max_message_bytes)
         if not 1 <= int(wait_time_seconds) <= SQS_MAX_WAIT_S:
-            raise ValueError(f"wait_time_seconds must be 1-{SQS_MAX_WAIT_S} (SQS's long-poll range)")
+            raise ConfigError(f"wait_time_seconds must be 1-{SQS_MAX_WAIT_S} (SQS's long-poll range)")
         if self.lease_seconds > SQS_MAX_VISIBILITY_S:
-            raise ValueError(f"lease_seconds must be at most {SQS_MAX_VISIBILITY_S} (SQS's 12-hour cap)")
-        largest = (SQS_MAX_MESSAGE_BYTES - SQS_ATTRIBUTES_RESERVE_BYTES) * 3 // 4
+            raise ConfigError(f"lease_seconds must be at most {SQS_MAX_VISIBILITY_S} (SQS's 12-hour cap)")
+        largest = SQSDriver.default_max_message_bytes
         if self.max_message_bytes > largest:
-            raise ValueError(
+            raise ConfigError(
                 f"max_message_bytes must be at most {largest:,} with SQS: its 1 MiB limit holds the "
                 "base64 body and the attributes"
             )
@@ -247,7 +247,7 @@ class SQSDriver(BaseDriver):
             elif key in ("lease_seconds", "reconnect_timeout"):
                 options[key] = float(value)
             else:
-                raise ValueError(
+                raise ConfigError(
                     f"unknown sqs:// URL option {key!r}: use queue_url_prefix, endpoint_url, "
                     "create_queues, wait_time_seconds, max_pool_connections, lease_seconds"
                 )
