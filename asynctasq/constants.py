@@ -65,6 +65,8 @@ DEFAULT_SQS_REGION = "us-east-1"
 DEFAULT_SQS_WAIT_TIME_S = 20
 """Long poll of an idle worker: 3 ReceiveMessage calls per queue per minute."""
 DEFAULT_SQS_MAX_POOL_CONNECTIONS = 50
+DEFAULT_SQS_MESSAGE_GROUP_ID = "default"
+"""Message group of what the driver sends to a FIFO queue: one group, one strict order."""
 SQS_MAX_WAIT_S = 20
 SQS_MAX_BATCH = 10
 SQS_MAX_DELAY_S = 900

@@ -25,6 +25,7 @@ from asynctasq.drivers.base import BaseDriver, EnqueueItem
 from asynctasq.errors import (
     BrokerError,
     BrokerUnavailable,
+    ConfigError,
     InvalidQueueName,
     MessageTooLarge,
     UnsupportedOperation,
@@ -142,8 +143,8 @@ async def test_names_sqs_cannot_hold_are_refused(sqs: SQSDriver) -> None:
     for bad in ("has.dot", "has:colon", "x" * 75):  # valid asynctasq names, not SQS ones
         with pytest.raises(InvalidQueueName, match="SQS"):
             await sqs.enqueue(bad, b"x")
-    with pytest.raises(InvalidQueueName, match="FIFO"):
-        await sqs.enqueue("orders.fifo", b"x")
+    with pytest.raises(InvalidQueueName, match="SQS"):
+        await sqs.enqueue("x" * 70 + ".fifo", b"x")  # its failed queue's name would be too long
 
 
 async def test_missing_queue_is_a_clear_error(make_sqs: MakeSQS, queue: str) -> None:
@@ -229,6 +230,40 @@ async def test_retry_with_a_long_delay_is_accepted(sqs: SQSDriver, queue: str) -
     [got] = await sqs.dequeue([queue], 1, wait=2)
     assert await sqs.release(got, delay=7200, body=b"a2") is True
     assert (await sqs.stats([queue]))[queue] == {"ready": 0, "delayed": 1, "leased": 0, "failed": 0}
+
+
+async def test_fifo_queue_keeps_order_delays_and_counts(make_sqs: MakeSQS) -> None:
+    driver, other = await make_sqs(lease_seconds=5), await make_sqs()
+    queue = "jobs.fifo"
+    await driver.enqueue_many([EnqueueItem(queue, b"same") for _ in range(2)])  # no deduplication
+    await driver.enqueue_many([EnqueueItem(queue, str(i).encode()) for i in range(13)])
+    assert (await driver._url(queue)).endswith("-jobs.fifo")
+    first = await driver.dequeue([queue], 10, wait=2)
+    assert [d.body for d in first] == [b"same", b"same"] + [str(i).encode() for i in range(8)]
+    assert await other.dequeue([queue], 10, wait=0) == [], "the group waits for its messages in flight"
+    assert len(await driver.ack(first)) == 10
+    rest = await driver.dequeue([queue], 10, wait=2)
+    assert [d.body for d in rest] == [str(i).encode() for i in range(8, 13)]
+    # a give-back costs no attempt; a delayed retry is hidden, then counted from 1
+    assert await driver.release(rest[0]) is True
+    assert await driver.release(rest[1], delay=1.5, body=b"retry") is True
+    assert len(await driver.ack(rest[2:])) == 3
+    [back] = await driver.dequeue([queue], 10, wait=2)
+    assert (back.body, back.delivery_count) == (b"8", 1)
+    await driver.ack([back])
+    [retry] = await driver.dequeue([queue], 10, wait=0) or await driver.dequeue([queue], 10, wait=5)
+    assert (retry.body, retry.delivery_count, retry.id) == (b"retry", 1, rest[1].id)
+    # failed queue: jobs-failed.fifo, listed under its queue's name
+    assert await driver.fail(retry, "boom") is True
+    assert (await driver._failed_url(queue)).endswith("-jobs-failed.fifo")
+    [entry] = await other.failed_list()
+    assert (entry["queue"], entry["body"], entry["error"]) == (queue, b"retry", "boom")
+    assert await other.failed_requeue() == 1
+    [again] = await driver.dequeue([queue], 10, wait=2)
+    assert (again.body, again.delivery_count) == (b"retry", 1)
+    await driver.ack([again])
+    with pytest.raises(ConfigError, match="message_group_id"):
+        SQSDriver(message_group_id="has space")
 
 
 # -- leases and fencing -------------------------------------------------------------------------

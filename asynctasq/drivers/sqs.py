@@ -54,6 +54,7 @@ from asynctasq.constants import (
     DEFAULT_LEASE_S,
     DEFAULT_RECONNECT_TIMEOUT_S,
     DEFAULT_SQS_MAX_POOL_CONNECTIONS,
+    DEFAULT_SQS_MESSAGE_GROUP_ID,
     DEFAULT_SQS_REGION,
     DEFAULT_SQS_WAIT_TIME_S,
     SQS_ATTRIBUTES_RESERVE_BYTES,
@@ -95,8 +96,10 @@ log = logging.getLogger("asynctasq.drivers.sqs")
 
 _ID, _OFFSET, _DUE = "atq.id", "atq.n", "atq.due"
 _ORIGIN, _ERROR, _FAILED_AT = "atq.queue", "atq.error", "atq.at"
-_SQS_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,80}\Z")
+_SQS_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,75}(\.fifo)?\Z")
+_FIFO = ".fifo"
 _FAILED_SUFFIX = "-failed"
+_GROUP_ID_RE = re.compile(r"[!-~]{1,128}\Z")
 _MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 _RECEIVE_SLACK_S = 0.25
 """How long before the response a long poll's messages may have been received (local lease)."""
@@ -151,7 +154,8 @@ class SQSDriver(BaseDriver):
     """Arguments: ``region``, ``queue_url_prefix`` (``https://sqs.REGION.amazonaws.com/ACCOUNT/``,
     optionally followed by a queue name prefix), ``endpoint_url`` (moto, LocalStack),
     ``aws_access_key_id`` / ``aws_secret_access_key`` (default: the AWS credential chain),
-    ``create_queues`` (create missing queues and failed queues on first use), ``wait_time_seconds``
+    ``create_queues`` (create missing queues and failed queues on first use), ``message_group_id``
+    (of the messages sent to FIFO queues, names ending ``.fifo``), ``wait_time_seconds``
     (long poll, 1-20), ``max_pool_connections``, ``reconnect_timeout``, plus ``lease_seconds``
     and ``max_message_bytes`` (raw task-message bytes; base64 must fit SQS's 1 MiB)."""
 
@@ -168,6 +172,7 @@ class SQSDriver(BaseDriver):
         aws_access_key_id: str | None = None,
         aws_secret_access_key: str | None = None,
         create_queues: bool = False,
+        message_group_id: str = DEFAULT_SQS_MESSAGE_GROUP_ID,
         wait_time_seconds: int = DEFAULT_SQS_WAIT_TIME_S,
         max_pool_connections: int = DEFAULT_SQS_MAX_POOL_CONNECTIONS,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT_S,
@@ -189,6 +194,9 @@ class SQSDriver(BaseDriver):
         self.queue_url_prefix = queue_url_prefix
         self.endpoint_url = endpoint_url
         self.create_queues = bool(create_queues)
+        if not _GROUP_ID_RE.match(message_group_id):
+            raise ConfigError("message_group_id must be 1-128 printable ASCII characters without spaces")
+        self.message_group_id = message_group_id
         self.wait_time_seconds = int(wait_time_seconds)
         self.max_pool_connections = int(max_pool_connections)
         self._key_id = aws_access_key_id
@@ -238,7 +246,7 @@ class SQSDriver(BaseDriver):
             options["aws_secret_access_key"] = unquote(parts.password)
         for key, values in parse_qs(parts.query).items():
             value = values[-1]
-            if key in ("queue_url_prefix", "endpoint_url"):
+            if key in ("queue_url_prefix", "endpoint_url", "message_group_id"):
                 options[key] = value
             elif key == "create_queues":
                 options[key] = value.lower() in ("1", "true", "yes", "on")
@@ -249,7 +257,7 @@ class SQSDriver(BaseDriver):
             else:
                 raise ConfigError(
                     f"unknown sqs:// URL option {key!r}: use queue_url_prefix, endpoint_url, "
-                    "create_queues, wait_time_seconds, max_pool_connections, lease_seconds"
+                    "create_queues, message_group_id, wait_time_seconds, max_pool_connections, lease_seconds"
                 )
         return options
 
@@ -345,9 +353,7 @@ class SQSDriver(BaseDriver):
     async def _recreate(self, url: str) -> str:
         name = url.rstrip("/").rsplit("/", 1)[-1]
         log.warning("SQS queue %s is gone; creating it again", name)
-        result = await self._call(
-            "create_queue", QueueName=name, Attributes={"MaximumMessageSize": str(SQS_MAX_MESSAGE_BYTES)}
-        )
+        result = await self._call("create_queue", QueueName=name, Attributes=self._queue_attributes(name))
         new_url = str(result["QueueUrl"])
         for cache in (self._urls, self._failed_urls):
             for queue in [q for q, cached in cache.items() if cached == url]:
@@ -372,18 +378,26 @@ class SQSDriver(BaseDriver):
     # -- queue names and URLs --------------------------------------------------------------
 
     def _sqs_name(self, queue: str, suffix: str = "") -> str:
-        name = self._name_prefix + queue + suffix
-        if queue.endswith(".fifo"):
-            raise InvalidQueueName(
-                f"queue {queue!r} is an SQS FIFO queue: the sqs driver supports standard queues only "
-                "(FIFO queues take no per-message delay, which retries need)"
-            )
+        """``<prefix><queue><suffix>``; a FIFO queue keeps ``.fifo`` last (``x-failed.fifo``)."""
+        fifo = queue.endswith(_FIFO)
+        base = queue[: -len(_FIFO)] if fifo else queue
+        name = self._name_prefix + base + suffix + (_FIFO if fifo else "")
         if not _SQS_NAME_RE.match(name):
             raise InvalidQueueName(
                 f"queue {queue!r} cannot be an SQS queue: SQS names ({name!r} with the prefix and any "
-                f"{_FAILED_SUFFIX!r} suffix) take 1-80 letters, digits, - and _"
+                f"{_FAILED_SUFFIX!r} suffix) take 1-80 letters, digits, - and _, and .fifo at the end"
             )
         return name
+
+    @staticmethod
+    def _queue_attributes(name: str, failed: bool = False) -> dict[str, str]:
+        """What a queue the driver creates gets: 1 MiB messages; FIFO by name; 14 days for failed."""
+        attrs = {"MaximumMessageSize": str(SQS_MAX_MESSAGE_BYTES)}
+        if name.endswith(_FIFO):
+            attrs["FifoQueue"] = "true"
+        if failed:
+            attrs["MessageRetentionPeriod"] = str(SQS_FAILED_RETENTION_S)
+        return attrs
 
     async def _resolve(self, name: str, attributes: dict[str, str], account: str | None = None) -> str:
         params: dict[str, Any] = {"QueueName": name}
@@ -405,9 +419,7 @@ class SQSDriver(BaseDriver):
         if url is None:
             name = self._sqs_name(queue)
             self._sqs_name(queue, _FAILED_SUFFIX)  # refuse at once a name whose failed queue cannot exist
-            url = self._urls[queue] = await self._resolve(
-                name, {"MaximumMessageSize": str(SQS_MAX_MESSAGE_BYTES)}
-            )
+            url = self._urls[queue] = await self._resolve(name, self._queue_attributes(name))
         return url
 
     async def _failed_url(self, queue: str) -> str:
@@ -420,13 +432,8 @@ class SQSDriver(BaseDriver):
                 arn = str(json.loads(policy)["deadLetterTargetArn"]).split(":")
                 url = await self._resolve(arn[-1], {}, arn[4] if len(arn) > 4 else None)
             else:
-                url = await self._resolve(
-                    self._sqs_name(queue, _FAILED_SUFFIX),
-                    {
-                        "MaximumMessageSize": str(SQS_MAX_MESSAGE_BYTES),
-                        "MessageRetentionPeriod": str(SQS_FAILED_RETENTION_S),
-                    },
-                )
+                name = self._sqs_name(queue, _FAILED_SUFFIX)
+                url = await self._resolve(name, self._queue_attributes(name, failed=True))
             self._failed_urls[queue] = url
             self._failed_origin[url] = queue
         return url
@@ -458,8 +465,27 @@ class SQSDriver(BaseDriver):
             "DelaySeconds": seconds,
         }
 
+    def _fifo_entry(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """A FIFO queue takes no per-message delay: the due time goes in ``atq.due`` and the
+        first receive hides the message until then (one receive more: ``atq.n`` takes it back).
+        Every send gets its own deduplication id (a botocore retry of the same request reuses it)."""
+        attrs = entry["MessageAttributes"]
+        seconds = entry.pop("DelaySeconds")
+        if seconds > 0 and _DUE not in attrs:
+            attrs[_DUE] = _attr(f"{time.time() + seconds:.3f}", "Number")
+        if _DUE in attrs:
+            offset = int(attrs.get(_OFFSET, {}).get("StringValue", 0)) - 1
+            attrs[_OFFSET] = _attr(str(offset), "Number")
+        entry.setdefault("MessageGroupId", self.message_group_id)
+        entry["MessageDeduplicationId"] = uuid.uuid4().hex
+        return entry
+
     async def _send(self, url: str, entries: Sequence[dict[str, Any]]) -> None:
-        """SendMessageBatch in tens (and under 1 MiB a batch); raises if any entry failed."""
+        """SendMessageBatch in tens (and under 1 MiB a batch); raises if any entry failed. To a
+        FIFO queue the batches go one after the other, in order."""
+        fifo = url.endswith(_FIFO)
+        if fifo:
+            entries = [self._fifo_entry(e) for e in entries]
         batches: list[list[dict[str, Any]]] = []
         size = 0
         for entry in entries:
@@ -469,9 +495,12 @@ class SQSDriver(BaseDriver):
                 size = 0
             batches[-1].append(entry)
             size += entry_size
-        results = await asyncio.gather(
-            *(self._call("send_message_batch", QueueUrl=url, Entries=batch) for batch in batches)
-        )
+        if fifo:
+            results = [await self._call("send_message_batch", QueueUrl=url, Entries=b) for b in batches]
+        else:
+            results = await asyncio.gather(
+                *(self._call("send_message_batch", QueueUrl=url, Entries=b) for b in batches)
+            )
         for result in results:
             failed = result.get("Failed") or []
             if failed:
@@ -577,7 +606,7 @@ class SQSDriver(BaseDriver):
                 queue,
                 _decode_body(str(msg.get("Body", ""))),
                 handle,
-                count_seen + offset,
+                max(1, count_seen + offset),
             )
             self._leases[handle] = _Lease(url, received + self.lease_seconds, received)
             due = _attr_value(msg, _DUE)
@@ -590,7 +619,18 @@ class SQSDriver(BaseDriver):
         return deliveries, len(messages)
 
     async def _chain(self, url: str, chained: Sequence[tuple[dict[str, Any], Delivery]], now: float) -> None:
-        """Re-send long-delayed messages received early with the rest of their delay."""
+        """Re-send long-delayed messages received early with the rest of their delay; on a FIFO
+        queue, hide them until they are due instead (keeping their place in their group)."""
+        if url.endswith(_FIFO):
+            handles = [d.token for _, d in chained]
+            hide = [
+                min(SQS_MAX_VISIBILITY_S, math.ceil(float(_attr_value(m, _DUE) or now) - now))
+                for m, _ in chained
+            ]
+            await self._change_visibility(url, handles, hide)
+            for handle in handles:
+                self._leases.pop(handle, None)
+            return
         entries = []
         for i, (msg, d) in enumerate(chained):
             due = float(_attr_value(msg, _DUE) or now)
@@ -758,6 +798,7 @@ class SQSDriver(BaseDriver):
             0,
             extra={_ORIGIN: delivery.queue, _ERROR: error or "-", _FAILED_AT: f"{time.time():.3f}"},
         )
+        entry["MessageGroupId"] = delivery.id  # a FIFO failed queue: no order to keep, none blocks another
         await self._send(failed_url, [entry])
         await self._delete(lease.url, [delivery.token])
         self._leases.pop(delivery.token, None)
@@ -811,10 +852,15 @@ class SQSDriver(BaseDriver):
         if queue is not None:
             return [await self._failed_url(queue)]
         result = await self._call("list_queues", QueueNamePrefix=self._name_prefix, MaxResults=1000)
-        urls = [u for u in result.get("QueueUrls", []) if u.rstrip("/").endswith(_FAILED_SUFFIX)]
-        for url in urls:
+        urls = []
+        for url in result.get("QueueUrls", []):
             name = url.rstrip("/").rsplit("/", 1)[-1]
-            self._failed_origin.setdefault(url, name[len(self._name_prefix) : -len(_FAILED_SUFFIX)])
+            fifo = name.endswith(_FIFO)
+            base = name[: -len(_FIFO)] if fifo else name
+            if base.endswith(_FAILED_SUFFIX):
+                urls.append(url)
+                origin = base[len(self._name_prefix) : -len(_FAILED_SUFFIX)] + (_FIFO if fifo else "")
+                self._failed_origin.setdefault(url, origin)
         return list(dict.fromkeys(urls + list(self._failed_urls.values())))
 
     async def _scan(self, url: str, limit: int) -> list[tuple[FailedEntry, str]]:
