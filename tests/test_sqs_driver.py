@@ -544,7 +544,9 @@ async def test_worker_in_a_long_poll_stops_within_a_second(
         started = time.monotonic()
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(20) == 0, logs(marks)
-        assert time.monotonic() - started < 1.5
+        stopped_s = time.monotonic() - started
+        print(f"stopped {stopped_s:.2f}s after SIGTERM")
+        assert stopped_s < 1.5
     finally:
         if worker.poll() is None:
             worker.kill()

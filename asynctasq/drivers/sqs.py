@@ -29,6 +29,9 @@ message is due (``atq.due``).
   than SQS's), or that it acked or gave back already. A worker paused past its lease can thus
   still delete a copy that another worker holds only if SQS takes a stale handle within the
   moments around expiry: at-least-once, never lost.
+- FIFO queues (names ending ``.fifo``): one message group (``message_group_id``), a
+  deduplication id per send; no per-message delay there, so a delayed message is hidden by its
+  first receive until due (``atq.n`` = -1 takes that receive back).
 - No results, worker registry or remote commands (UnsupportedOperation).
 """
 
