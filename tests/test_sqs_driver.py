@@ -445,31 +445,54 @@ async def test_reconnects_when_the_server_returns(namespace: str, queue: str) ->
         unavailable(str(exc))
         raise
     url = f"http://127.0.0.1:{port}"
-    driver = SQSDriver(
-        endpoint_url=url,
-        queue_url_prefix=f"{url}/{sqs_backend.ACCOUNT}/{namespace}-",
-        create_queues=True,
-        reconnect_timeout=30,
+    options: dict[str, Any] = {
+        "endpoint_url": url,
+        "queue_url_prefix": f"{url}/{sqs_backend.ACCOUNT}/{namespace}-",
+        "create_queues": True,
+        "reconnect_timeout": 30,
         **sqs_backend.CREDENTIALS,
-    )
-    await driver.connect()
+    }
+    producer, consumer = SQSDriver(**options), SQSDriver(**options)
+    await producer.connect()
+    await consumer.connect()
     try:
-        await driver.enqueue(queue, b"before")
+        await producer.enqueue(queue, b"before")
+        assert [d.body for d in await consumer.dequeue([queue], 1, wait=2)] == [b"before"]
+        waiting = asyncio.create_task(consumer.dequeue([queue], 1, wait=30))
+        await asyncio.sleep(0.3)  # blocked in a long poll
         server.kill()
         server.wait(10)
-        sending = asyncio.create_task(driver.enqueue(queue, b"during"))
-        await asyncio.sleep(0.5)  # the send is retrying against the dead port
-        assert not sending.done()
+        sending = asyncio.create_task(producer.enqueue(queue, b"during"))
+        await asyncio.sleep(0.5)  # both retry against the dead port
+        assert not sending.done() and not waiting.done()
         server = sqs_backend.start_moto(port)  # a new, empty server: the queue comes back
         await asyncio.wait_for(sending, 20)
-        [got] = await driver.dequeue([queue], 1, wait=2)
+        [got] = await asyncio.wait_for(waiting, 30)
         assert got.body == b"during"
-        await driver.ack([got])
+        assert await consumer.ack([got]) == [got]
     finally:
-        await driver.disconnect()
+        await producer.disconnect()
+        await consumer.disconnect()
         if server.poll() is None:
             server.kill()
             server.wait(10)
+
+
+async def test_worker_without_results_runs_tasks(sqs: SQSDriver, caplog: pytest.LogCaptureFixture) -> None:
+    """Results on, as by default: the worker skips storing them (SQS has none), runs no
+    registry loop, and a caller asking for a result is told clearly."""
+    from asynctasq.core.worker import Worker
+    from tests.cli_tasks import add
+
+    task_id = await add(2, 2).dispatch(driver=sqs)
+    worker = Worker(sqs, queues=["default"], max_tasks=1, results_ttl=60, install_signal_handlers=False)
+    with caplog.at_level(logging.WARNING):
+        await asyncio.wait_for(worker.start(), 30)
+    assert worker.succeeded == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    with pytest.raises(UnsupportedOperation, match="results"):
+        await sqs.get_result(task_id, wait=0)
+    assert (await sqs.stats(["default"]))["default"] == {"ready": 0, "delayed": 0, "leased": 0, "failed": 0}
 
 
 async def test_dead_broker_is_a_clear_error_without_secrets(queue: str) -> None:
