@@ -109,6 +109,41 @@ def test_url_and_config_map_to_constructor_keywords() -> None:
     assert "hunter2" not in driver.describe() + repr(driver)
 
 
+async def test_the_aws_credential_chain_is_used_without_keys(
+    namespace: str, queue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No keys given: the environment, then a profile of the shared credentials file."""
+    options = {k: v for k, v in sqs_backend.options(namespace).items() if not k.startswith("aws_")}
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-env")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-env-secret")
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        "[jobs]\naws_access_key_id = from-profile\naws_secret_access_key = profile-secret\n"
+    )
+    try:
+        for source in ("environment", "profile"):
+            if source == "profile":
+                monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+                monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+                monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+                monkeypatch.setenv("AWS_PROFILE", "jobs")
+            driver = SQSDriver(**options)
+            await driver.connect()
+            try:
+                await driver.enqueue(queue, source.encode())
+                [got] = await driver.dequeue([queue], 1, wait=2)
+                assert got.body == source.encode()
+                await driver.ack([got])
+                creds = driver._client._get_credentials()
+                assert creds.access_key == ("from-env" if source == "environment" else "from-profile")
+            finally:
+                await driver.disconnect()
+    finally:
+        await cleanup("sqs", namespace)
+
+
 def test_limits_are_checked_up_front() -> None:
     assert SQSDriver.default_max_message_bytes * 4 // 3 < SQS_MAX_MESSAGE_BYTES
     with pytest.raises(ValueError, match="at most"):
