@@ -484,8 +484,7 @@ class SQSDriver(BaseDriver):
         return entry
 
     async def _send(self, url: str, entries: Sequence[dict[str, Any]]) -> None:
-        """SendMessageBatch in tens (and under 1 MiB a batch); raises if any entry failed. To a
-        FIFO queue the batches go one after the other, in order."""
+        """SendMessageBatch in tens (and under 1 MiB a batch), in order; raises if any entry failed."""
         fifo = url.endswith(_FIFO)
         if fifo:
             entries = [self._fifo_entry(e) for e in entries]
@@ -498,12 +497,9 @@ class SQSDriver(BaseDriver):
                 size = 0
             batches[-1].append(entry)
             size += entry_size
-        if fifo:
-            results = [await self._call("send_message_batch", QueueUrl=url, Entries=b) for b in batches]
-        else:
-            results = await asyncio.gather(
-                *(self._call("send_message_batch", QueueUrl=url, Entries=b) for b in batches)
-            )
+        # one batch after the other: SQS keeps no order across concurrent sends, moto and FIFO
+        # queues keep it within one sender, so a big enqueue_many is taken in the order given
+        results = [await self._call("send_message_batch", QueueUrl=url, Entries=b) for b in batches]
         for result in results:
             failed = result.get("Failed") or []
             if failed:
