@@ -172,6 +172,15 @@ class Config:
         None, "Queue URL prefix (https://sqs.REGION.amazonaws.com/ACCOUNT/).", group="sqs"
     )
     sqs_endpoint_url: str | None = _setting(None, "Endpoint override (moto, LocalStack).", group="sqs")
+    sqs_create_queues: bool = _setting(
+        False, "Create missing queues (and their -failed queues) on first use.", group="sqs"
+    )
+    sqs_message_group_id: str = _setting(
+        c.DEFAULT_SQS_MESSAGE_GROUP_ID, "Message group of tasks sent to FIFO (.fifo) queues.", group="sqs"
+    )
+    sqs_wait_time_seconds: int = _setting(
+        c.DEFAULT_SQS_WAIT_TIME_S, "Long poll of an idle worker, 1-20 seconds.", group="sqs"
+    )
     aws_access_key_id: str | None = _setting(None, "AWS access key id.", group="sqs")
     aws_secret_access_key: str | None = _setting(None, "AWS secret key.", group="sqs", secret=True)
     # -- rabbitmq

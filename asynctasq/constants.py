@@ -73,6 +73,25 @@ DEFAULT_MYSQL_CONNECT_TIMEOUT_S = 10.0
 
 # -- sqs --------------------------------------------------------------------------------------
 DEFAULT_SQS_REGION = "us-east-1"
+DEFAULT_SQS_WAIT_TIME_S = 20
+"""Long poll of an idle worker: 3 ReceiveMessage calls per queue per minute."""
+DEFAULT_SQS_MAX_POOL_CONNECTIONS = 50
+DEFAULT_SQS_MESSAGE_GROUP_ID = "default"
+"""Message group of what the driver sends to a FIFO queue: one group, one strict order."""
+SQS_MAX_WAIT_S = 20
+SQS_MAX_BATCH = 10
+SQS_MAX_DELAY_S = 900
+"""Longest DelaySeconds; the driver chains longer delays."""
+SQS_MAX_VISIBILITY_S = 43200
+"""SQS's cap on a message's visibility, counted from its receive (12 hours)."""
+SQS_MAX_MESSAGE_BYTES = 1024 * 1024
+"""AWS's limit on one message, body and attributes (and on a batch)."""
+SQS_ATTRIBUTES_RESERVE_BYTES = 10 * 1024
+"""Room kept for our message attributes (id, offset, due time, a failed entry's error)."""
+SQS_FAILED_RETENTION_S = 14 * 24 * 3600
+"""Retention of the failed queues the driver creates (SQS's longest)."""
+SQS_FAILED_SCAN_VISIBILITY_S = 30
+"""How long listing the failed registry hides the messages it reads (it shows them again)."""
 
 # -- rabbitmq ---------------------------------------------------------------------------------
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@localhost:5672/"

@@ -159,6 +159,10 @@ class BaseDriver(ABC):
     capabilities: ClassVar[frozenset[str]] = frozenset()
     default_max_message_bytes: ClassVar[int] = DEFAULT_MAX_MESSAGE_BYTES
     """The driver's own limit; the broker's where it is lower than ours."""
+    signals_persist: ClassVar[bool] = False
+    """True when the broker keeps a wake-up until a waiter takes it (Redis wake lists, an SQS
+    long poll, a consumer's buffer), so a wait need not repeat the claim it follows; False
+    when wake-ups come through the in-process hub, which keeps none."""
 
     def __init__(
         self, *, lease_seconds: float = DEFAULT_LEASE_S, max_message_bytes: int | None = None
@@ -271,7 +275,11 @@ class BaseDriver(ABC):
         if got or wait <= 0:
             return got  # the busy path: no waiter to register
         return await self._wait_for(
-            lambda: self._claim_or_give_back(names, limit), [queue_key(q) for q in names], names, wait
+            lambda: self._claim_or_give_back(names, limit),
+            [queue_key(q) for q in names],
+            names,
+            wait,
+            empty=got,
         )
 
     async def _claim_or_give_back(self, queues: Sequence[str], limit: int) -> list[Delivery]:
@@ -388,21 +396,35 @@ class BaseDriver(ABC):
     # -- the wait loop ---------------------------------------------------------------------
 
     async def _wait_for(
-        self, attempt: Callable[[], Awaitable[T]], keys: Sequence[str], queues: Sequence[str], wait: float
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        keys: Sequence[str],
+        queues: Sequence[str],
+        wait: float,
+        *,
+        empty: T | None = None,
     ) -> T:
         """Run ``attempt`` until it returns something truthy or ``wait`` seconds pass, pausing
-        in :meth:`_pause` in between (the hub's waiter is registered under ``keys`` first, so
-        no wake-up is lost). Returns the last result."""
+        in :meth:`_pause` in between (the hub's waiter is registered under ``keys`` before any
+        attempt, so no wake-up is lost). Returns the last result.
+
+        ``empty`` is what an attempt the caller just made returned: on a driver whose broker
+        keeps its wake-up signal (``signals_persist``), the wait then starts with a pause, not
+        with the same attempt again (on SQS that would be one more paid call)."""
         deadline = time.monotonic() + wait
         with self.hub.watch(keys) as waiter:
+            found = empty
+            skip = empty is not None and self.signals_persist
             while True:
-                waiter.clear()
-                found = await attempt()
-                if found:
-                    return found
+                if not skip:
+                    waiter.clear()
+                    found = await attempt()
+                    if found:
+                        return found
+                skip = False
                 left = deadline - time.monotonic()
                 if left <= 0.0005:
-                    return found
+                    return found  # type: ignore[return-value]
                 await self._pause(waiter, queues, left)
 
     async def _pause(self, waiter: Any, queues: Sequence[str], left: float) -> None:

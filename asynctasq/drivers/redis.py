@@ -178,6 +178,7 @@ class RedisDriver(BaseDriver):
     """
 
     name = "redis"
+    signals_persist = True  # the wake lists keep a signal until a consumer BLPOPs it
     capabilities: ClassVar[frozenset[str]] = frozenset(
         {"stats", "failed", "results", "workers", "control", "purge", "fencing"}
     )
