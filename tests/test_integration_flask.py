@@ -523,7 +523,7 @@ def test_every_flask_example_of_the_docs_runs(tmp_path: Path, monkeypatch: pytes
         with app.app_context():
             myapp.tq.close()
         sys.modules.pop("myapp", None)
-    example = Flask("docs")
+    example = Flask(__name__)
     exec(blocks["app.config.update("], {"app": example})
     s = AppSettings(example.config)
     assert {q: s.config_for(q).redis_url for q in s.queues} == {

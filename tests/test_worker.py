@@ -586,7 +586,8 @@ async def test_a_lost_lease_is_reported_once_and_never_extended_again(
     thief = MemoryDriver(namespace=ns, lease_seconds=5)
     try:
         task_id = await hogs_the_loop(0.4, then_sleep=0.8).dispatch(driver)
-        worker = make_worker(driver, burst=True)
+        # concurrency 1: the worker cannot take the expired task back itself, only the thief can
+        worker = make_worker(driver, burst=True, concurrency=1)
         with caplog.at_level(logging.WARNING, logger="asynctasq.worker"):
             runner = asyncio.create_task(worker.start())
             await wait_for(lambda: worker.current_task_ids == [task_id])
