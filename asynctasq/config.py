@@ -184,7 +184,27 @@ class Config:
     aws_access_key_id: str | None = _setting(None, "AWS access key id.", group="sqs")
     aws_secret_access_key: str | None = _setting(None, "AWS secret key.", group="sqs", secret=True)
     # -- rabbitmq
-    rabbitmq_url: str = _setting(c.DEFAULT_RABBITMQ_URL, "AMQP URL.", group="rabbitmq", secret=True)
+    rabbitmq_url: str = _setting(
+        c.DEFAULT_RABBITMQ_URL, "AMQP URL (amqp:// or amqps://).", group="rabbitmq", secret=True
+    )
+    rabbitmq_prefix: str = _setting(
+        c.DEFAULT_RABBITMQ_PREFIX, "Prefix of every queue and exchange name.", group="rabbitmq"
+    )
+    rabbitmq_queue_type: str = _setting(
+        c.DEFAULT_RABBITMQ_QUEUE_TYPE,
+        "Queue type: auto (quorum on RabbitMQ 3.10+), quorum or classic.",
+        group="rabbitmq",
+        choices=("auto", "quorum", "classic"),
+    )
+    rabbitmq_prefetch: int | None = _setting(
+        None, "Fixed per-consumer prefetch (default: follow the worker's free slots).", group="rabbitmq"
+    )
+    rabbitmq_consumer_timeout_s: float | None = _setting(
+        None,
+        "x-consumer-timeout of the consumers (RabbitMQ 3.12+; older servers: the "
+        "consumer_timeout server setting).",
+        group="rabbitmq",
+    )
 
     def __init__(self, *, _environ: Mapping[str, str] | None = None, **settings: Any) -> None:
         known = {f.name: f for f in fields(self)}

@@ -95,6 +95,17 @@ SQS_FAILED_SCAN_VISIBILITY_S = 30
 
 # -- rabbitmq ---------------------------------------------------------------------------------
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@localhost:5672/"
+DEFAULT_RABBITMQ_PREFIX = "asynctasq"
+DEFAULT_RABBITMQ_QUEUE_TYPE = "auto"
+"""``auto``: quorum queues (RabbitMQ 3.10+, where they take message TTLs), else classic."""
+DEFAULT_RABBITMQ_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_RABBITMQ_MAX_MESSAGE_BYTES = 16 * 1024 * 1024 - 64 * 1024
+"""RabbitMQ 4.x refuses messages over 16 MiB (``max_message_size``); headers need room too."""
+RABBITMQ_SETTLE_S = 0.2
+"""How long a new consumer's first dequeue waits for the messages the broker said were ready."""
+RABBITMQ_GIVE_BACK_TIMEOUT_S = 5.0
+"""How long ``disconnect`` spends giving prefetched messages back (then the broker requeues them)."""
+"""How long a new consumer's first dequeue waits for the messages the broker said were ready."""
 
 # -- retention --------------------------------------------------------------------------------
 DEFAULT_FAILED_RETENTION_S = 7 * 24 * 3600.0

@@ -205,7 +205,7 @@ async def test_consumer_parser_reads_frames_split_anywhere() -> None:
     from pamqp.body import ContentBody
     from pamqp.header import ContentHeader
 
-    from asynctasq.drivers.rabbitmq import _ConsumerConnection, _Msg
+    from asynctasq.drivers._amqp import ConsumerConnection, Msg
 
     def frames(tag: int, body: bytes, **props: Any) -> bytes:
         out = pamqp.frame.marshal(spec.Basic.Deliver("ctag", tag, tag == 7, "", "p/q/x"), 1)
@@ -218,8 +218,8 @@ async def test_consumer_parser_reads_frames_split_anywhere() -> None:
     wire = frames(7, b"a" * 2500, message_id="m-1", delivery_mode=2, headers={"x-delivery-count": 2})
     wire += frames(8, b"", content_type="application/x", message_id="m-2", correlation_id="c", headers={})
     for chunks in ([wire[i : i + 1] for i in range(len(wire))], [wire]):
-        got: list[_Msg] = []
-        conn = _ConsumerConnection(on_cancel=lambda tag: None, on_closed=lambda exc: None)
+        got: list[Msg] = []
+        conn = ConsumerConnection(on_cancel=lambda tag: None, on_closed=lambda exc: None)
         conn._consumers["ctag"] = got.append
         for chunk in chunks:
             conn.data_received(chunk)

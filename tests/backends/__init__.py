@@ -20,7 +20,7 @@ import pytest
 
 from asynctasq.drivers.base import BaseDriver
 
-BACKENDS = ["memory", "postgres", "sqlite", "redis", "mysql", "sqs"]
+BACKENDS = ["memory", "postgres", "sqlite", "redis", "mysql", "sqs", "rabbitmq"]
 """Every driver the conformance suite runs against."""
 
 MakeDriver = Callable[..., Awaitable[BaseDriver]]
