@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from asynctasq.drivers.base import BaseDriver
@@ -61,7 +61,8 @@ class Restartable:
     start: Callable[[], Awaitable[None]]
     """Returns once the broker accepts connections again."""
     secret: str | None = None
-    notes: list[str] = field(default_factory=list)
+    reconnect_timeout_option: str | None = None
+    """The constructor keyword of the driver's reconnect budget, so a test can make it short."""
 
     async def restart(self, down_s: float = 0.0) -> None:
         await self.stop()

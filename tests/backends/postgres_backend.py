@@ -63,7 +63,7 @@ async def restartable_broker(namespace: str) -> AsyncIterator[Any]:
             return driver
 
         config = {"driver": "postgres", "postgres_dsn": server.dsn, "postgres_schema": namespace}
-        yield Restartable(config, make, server.stop, server.start, secret=SECRET)
+        yield Restartable(config, make, server.stop, server.start, SECRET, "reconnect_timeout_s")
 
 
 def unreachable_config(secret: str) -> dict[str, Any]:

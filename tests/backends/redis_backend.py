@@ -67,7 +67,7 @@ async def restartable_broker(namespace: str) -> AsyncIterator[Any]:
             return driver
 
         config = {"driver": "redis", "redis_url": server.url, "redis_prefix": namespace}
-        yield Restartable(config, make, server.stop, server.start, secret=SECRET)
+        yield Restartable(config, make, server.stop, server.start, SECRET, "reconnect_timeout")
 
 
 def unreachable_config(secret: str) -> dict[str, Any]:
