@@ -351,8 +351,10 @@ async def test_a_broker_restart_mid_run(
                 try:
                     await asyncio.wait_for(during, 60)
                     accepted += [f"o{i}" for i in range(20)]
+                    producer = "succeeded after the reconnect"
                 except BrokerUnavailable as exc:
                     assert "\n" not in str(exc) and broker.secret not in str(exc)
+                    producer = f"failed with: {exc}"
                 await wait_for(
                     lambda: sum(workers.done().values()) > done_at_return, timeout=10, interval=0.01
                 )
@@ -362,7 +364,7 @@ async def test_a_broker_restart_mid_run(
                 logs = workers.logs()
         finally:
             await driver.disconnect()
-    print(f"{any_backend}: work resumed {resumed_s:.2f}s after the broker's return")
+    print(f"{any_backend}: work resumed {resumed_s:.2f}s after the broker's return; the producer {producer}")
     assert resumed_s < 1.5, f"work resumed {resumed_s:.2f}s after the broker came back"
     clean_log(logs, broker.secret)
     outage_lines = [line for line in logs.splitlines() if "reconnecting" in line]
