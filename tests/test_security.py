@@ -219,6 +219,18 @@ async def test_bad_queue_names_are_refused_before_the_broker(
     assert await driver.dequeue([queue], 10, wait=0) == [], "half a batch reached the broker"
 
 
+def test_the_cli_refuses_bad_queue_names_in_one_line() -> None:
+    for name in ["", "a;b", "q'; DROP TABLE asynctasq_tasks; --", "x" * 1000]:
+        for args in (
+            ["dispatch", "tests.cli_tasks.mark", "--import", "tests.cli_tasks", "--queue", name],
+            ["worker", "--burst", "--queues", f"ok,{name}" if name else ","],
+        ):
+            proc = run_cli({"driver": "memory"}, *args, timeout=60)
+            assert proc.returncode != 0, (args, proc.stdout)
+            assert "Traceback" not in proc.stderr
+            assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error:"), proc.stderr
+
+
 @pytest.mark.parametrize("name", ['a"b', "a;b", "x'; DROP SCHEMA public CASCADE; --", "", "x" * 1000])
 def test_bad_table_names_and_prefixes_are_refused(name: str) -> None:
     from asynctasq.drivers.postgres import PostgresDriver
