@@ -228,7 +228,9 @@ def test_the_cli_refuses_bad_queue_names_in_one_line() -> None:
             proc = run_cli({"driver": "memory"}, *args, timeout=60)
             assert proc.returncode != 0, (args, proc.stdout)
             assert "Traceback" not in proc.stderr
-            assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error:"), proc.stderr
+            assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error:"), (
+                proc.stderr
+            )
 
 
 @pytest.mark.parametrize("name", ['a"b', "a;b", "x'; DROP SCHEMA public CASCADE; --", "", "x" * 1000])
