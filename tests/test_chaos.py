@@ -200,7 +200,7 @@ async def test_fencing_refuses_a_paused_workers_late_ack(
     the task and completes it, and nothing is left behind."""
     lease_s = 1.0
     async with shared_broker(chaos_backend, namespace, lease_s) as (driver, settings):
-        await chaos_hold("fenced", 2.5).dispatch(driver)
+        await chaos_hold("fenced", 4.0).dispatch(driver)
         with workers_on(settings, tmp_path, lease_s) as workers:
 
             def starts() -> list[int]:
@@ -214,11 +214,11 @@ async def test_fencing_refuses_a_paused_workers_late_ack(
             a.send_signal(signal.SIGCONT)
             # A's task finishes at once (its sleep is long overdue); the broker refuses A's token
             await wait_for(lambda: ("done", "fenced", a.pid) in read_marks(workers.marks), timeout=10)
+            b.send_signal(signal.SIGKILL)  # B is still mid-task (it started well after A)
             a.send_signal(signal.SIGTERM)  # A is done with it: the third worker is a fresh one
+            b.wait(10)
             assert await asyncio.to_thread(a.wait, 30) == 0
             a_log = workers.log_of(a)
-            b.send_signal(signal.SIGKILL)
-            b.wait(10)
             c = workers.start(concurrency=1)
             await wait_for(lambda: ("done", "fenced", c.pid) in read_marks(workers.marks), timeout=30)
             await wait_for(lambda: nothing_left(driver), timeout=10)
