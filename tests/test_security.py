@@ -261,11 +261,15 @@ async def test_an_oversized_payload_names_the_limit(driver_factory: Any, queue: 
     await driver.ack([got])
 
 
-def run_cli(settings: dict[str, Any], *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    settings: dict[str, Any], *args: str, timeout: float = 90, marks: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     from tests.test_chaos import env_of
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")}
     env |= env_of(settings)
+    if marks is not None:
+        env["ASYNCTASQ_TEST_MARKS"] = str(marks)
     return subprocess.run(
         [sys.executable, "-m", "asynctasq", *args], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=timeout,
@@ -334,3 +338,32 @@ async def test_passwords_never_show_on_start_up_info_and_failure(
             await driver.disconnect()
     for record in caplog.records:
         assert SECRET not in record.getMessage(), record.getMessage()
+
+
+async def test_signing_from_the_environment_across_processes(namespace: str, tmp_path: Path) -> None:
+    """ASYNCTASQ_SIGNING_KEY end to end: `dispatch` signs, a `worker` with the key runs it, a
+    worker with another key refuses it into the failed registry (sqlite: driver-independent)."""
+    from tests.backends import cleanup, driver_config, make_driver
+
+    settings = driver_config("sqlite", namespace)
+    marks = tmp_path / "marks.txt"
+
+    def cli(key: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli({**settings, "signing_key": key}, *args, "--import", "tests.cli_tasks", marks=marks)
+
+    dispatch = ["dispatch", "tests.cli_tasks.mark", "--args"]
+    assert cli(KEY, *dispatch, '["good", 0]').returncode == 0
+    assert cli(KEY, *dispatch, '["refused", 0]').returncode == 0
+    first = cli(KEY, "worker", "--burst", "--max-tasks", "1")
+    assert first.returncode == 0, first.stderr
+    second = cli(OTHER_KEY, "worker", "--burst")
+    assert second.returncode == 0, second.stderr
+    assert marks.read_text().split() == ["good"]
+    assert KEY not in first.stderr + second.stderr and OTHER_KEY not in second.stderr
+    driver = await make_driver("sqlite", namespace)
+    try:
+        [entry] = await driver.failed_list()
+        assert "bad signature" in entry["error"]
+    finally:
+        await driver.disconnect()
+        await cleanup("sqlite", namespace)
