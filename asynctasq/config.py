@@ -21,6 +21,7 @@ from typing import Any
 from asynctasq import constants as c
 from asynctasq.drivers import DRIVER_NAMES
 from asynctasq.errors import ConfigError
+from asynctasq.signing import Signer
 from asynctasq.utils.urls import redact_url
 
 ENV_PREFIX = "ASYNCTASQ_"
@@ -76,6 +77,15 @@ class Config:
         None,
         "Largest encoded task message accepted at dispatch (default: the driver's limit, 16 MiB, "
         "or the broker's own where lower).",
+    )
+    signing_key: str | None = _setting(
+        None,
+        "HMAC key (32+ characters): producers sign every message, workers run only messages "
+        "signed with it (see asynctasq.signing).",
+        secret=True,
+    )
+    signing_old_keys: list[str] = _setting(
+        (), "Earlier signing keys workers still accept, comma-separated (key rotation).", secret=True
     )
     # -- worker
     queues: list[str] = _setting(
@@ -225,6 +235,7 @@ class Config:
         for name in ("concurrency", "default_max_attempts", "redis_max_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        Signer.from_settings(self.signing_key, self.signing_old_keys)  # a bad key fails here
         self._explicit = frozenset(settings)
 
     def replace(self, **overrides: Any) -> Config:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from asynctasq.errors import SerializationError
 from asynctasq.serializers import BaseSerializer, loads_any
+from asynctasq.signing import Signer, strip_signature
 
 ENVELOPE_VERSION = 1
 T = TypeVar("T", int, float)
@@ -38,9 +39,10 @@ class Envelope:
     retry_after: float = 1.0
     enqueued_at: float = field(default_factory=time.time)
 
-    def encode(self, serializer: BaseSerializer) -> bytes:
+    def encode(self, serializer: BaseSerializer, signer: Signer | None = None) -> bytes:
+        """The message bytes, signed by ``signer`` when given (asynctasq.signing)."""
         try:
-            return serializer.dumps(
+            body = serializer.dumps(
                 {
                     "v": ENVELOPE_VERSION,
                     "id": self.id,
@@ -62,9 +64,12 @@ class Envelope:
                 f"{', bytes, datetime, Decimal, UUID, set' if serializer.name == 'msgpack' else ''}), "
                 "or opt in to pickle with serializer='pickle'"
             ) from None
+        return body if signer is None else signer.sign(body)
 
     @classmethod
     def decode(cls, data: bytes, *, accept_pickle: bool = False) -> Envelope:
+        """Decode a message; a signed one is decoded unverified (a worker verifies first)."""
+        data = strip_signature(data)
         raw = loads_any(data, accept_pickle=accept_pickle)
         if not isinstance(raw, dict) or "task" not in raw or "v" not in raw:
             raise SerializationError(f"not an asynctasq message: {_preview(data)}")

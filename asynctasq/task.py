@@ -39,6 +39,7 @@ from asynctasq.errors import ResultTimeout, TaskDefinitionError, TaskFailed
 from asynctasq.message import Envelope
 from asynctasq.registry import TaskDefinition, is_async_callable, registry
 from asynctasq.serializers import get_serializer, loads_any
+from asynctasq.signing import Signer
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -134,7 +135,8 @@ class TaskCall:
 
     def encode(self, config: Config) -> EnqueueItem:
         env = self.envelope(config)
-        return EnqueueItem(env.queue, env.encode(get_serializer(config.serializer)), self._delay)
+        signer = Signer.from_settings(config.signing_key, config.signing_old_keys)
+        return EnqueueItem(env.queue, env.encode(get_serializer(config.serializer), signer), self._delay)
 
     async def dispatch(self, driver: BaseDriver | None = None) -> str:
         """Enqueue the task; return its id. ``driver`` defaults to the configured one."""
@@ -377,6 +379,7 @@ class Producer:
         self._route = route
         self._make_driver = make_driver
         self._serializers = [get_serializer(c.serializer) for c in self.connections]
+        self._signers = [Signer.from_settings(c.signing_key, c.signing_old_keys) for c in self.connections]
         self._drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Drivers] = (
             weakref.WeakKeyDictionary()
         )
@@ -392,7 +395,7 @@ class Producer:
         tc = call.call() if isinstance(call, Task) else call
         env = tc.envelope(self.config, queue)
         index = self.connection_index(env.queue)
-        body = env.encode(self._serializers[index])
+        body = env.encode(self._serializers[index], self._signers[index])
         return Encoded(index, env.id, EnqueueItem(env.queue, body, tc._delay if delay is None else delay))
 
     async def send(self, encoded: Sequence[Encoded], driver: BaseDriver | None = None) -> None:

@@ -60,6 +60,7 @@ from asynctasq.message import Envelope
 from asynctasq.registry import TaskDefinition, TaskRegistry
 from asynctasq.registry import registry as default_registry
 from asynctasq.serializers import BaseSerializer, get_serializer
+from asynctasq.signing import Signer, strip_signature
 from asynctasq.utils import systemd
 
 if TYPE_CHECKING:
@@ -121,6 +122,8 @@ class Worker:
         results_ttl: seconds results are kept (0: none; skipped if the driver has no results).
         max_retry_delay: cap of the exponential backoff, seconds.
         accept_pickle: accept pickled messages (only with brokers nobody untrusted can write to).
+        signing_key / signing_old_keys: run only messages HMAC-signed with one of these keys
+            (asynctasq.signing); retried messages are signed with ``signing_key``.
         task_context: ``f(envelope) -> async context manager`` every task runs inside
             (app contexts, DB sessions, tracing).
         task_registry: where task names resolve (default: the global one).
@@ -158,6 +161,8 @@ class Worker:
         imports: Sequence[str] = (),
         sys_path: Sequence[str] = (),
         process_pool_max_memory_per_child_mb: float | None = None,
+        signing_key: str | None = None,
+        signing_old_keys: Sequence[str] = (),
     ) -> None:
         if isinstance(queues, str):
             queues = [q for q in queues.split(",") if q]
@@ -187,6 +192,7 @@ class Worker:
         self.results_ttl = results_ttl
         self.max_retry_delay = max_retry_delay
         self.accept_pickle = accept_pickle
+        self._signer = Signer.from_settings(signing_key, signing_old_keys)
         self.task_context = task_context
         self.task_registry = task_registry or default_registry
         self.on_startup = _hooks(on_startup, "on_startup")
@@ -248,6 +254,8 @@ class Worker:
             results_ttl=config.results_ttl,
             max_retry_delay=config.max_retry_delay,
             accept_pickle=config.serializer == "pickle",
+            signing_key=config.signing_key,
+            signing_old_keys=config.signing_old_keys,
             on_startup=config.on_startup,
             on_shutdown=config.on_shutdown,
             imports=config.imports,
@@ -524,7 +532,8 @@ class Worker:
         started = time.monotonic()
         try:
             try:
-                env = Envelope.decode(delivery.body, accept_pickle=self.accept_pickle)
+                body = delivery.body if self._signer is None else self._signer.verify(delivery.body)
+                env = Envelope.decode(body, accept_pickle=self.accept_pickle)
             except SerializationError as exc:
                 log.error("message %s on %s cannot be decoded: %s", delivery.id, delivery.queue, exc)
                 await self._fail(delivery, None, f"SerializationError: {exc}")
@@ -678,11 +687,11 @@ class Worker:
         """The retried message, in this worker's format; in the one it came in when that cannot
         carry its arguments (a pickled message's objects)."""
         try:
-            return env.encode(self.serializer)
+            return env.encode(self.serializer, self._signer)
         except SerializationError:
-            first = delivery.body[:1]
+            first = strip_signature(delivery.body)[:1]
             fallback = "json" if first == b"{" else "pickle" if first == b"\x80" else "msgpack"
-            return env.encode(get_serializer(fallback))
+            return env.encode(get_serializer(fallback), self._signer)
 
     async def _fail(self, delivery: Delivery, env: Envelope | None, error: str) -> None:
         if not self._let_go((delivery,)):

@@ -70,6 +70,16 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
+def _quiet_pool_floor(record: logging.LogRecord) -> bool:
+    """Drop asyncpg's "Failed to restore the pool connection floor" warnings: during an outage
+    the pool logs one with a full traceback per retry, while ``Reconnect`` already reports the
+    outage once when it starts and once when it ends (tests/test_chaos.py: broker restart)."""
+    return not record.getMessage().startswith("Failed to restore the pool connection floor")
+
+
+logging.getLogger("asyncpg.pool").addFilter(_quiet_pool_floor)
+
 DEFAULT_POLL_INTERVAL_S = 1.0
 """Fallback poll of a waiting dequeue, in case a notification is lost."""
 RETENTION_SWEEP_INTERVAL_S = 60.0

@@ -82,3 +82,54 @@ def driver_config(backend: str, namespace: str) -> dict[str, Any]:
     module = importlib.import_module(f"tests.backends.{backend}_backend")
     config: dict[str, Any] = module.driver_config(namespace)
     return config
+
+
+# -- optional hooks of the chaos and security suites ------------------------------------------
+#
+# A backend module may also define (tests/test_chaos.py and tests/test_security.py call them;
+# a backend that has neither the hook nor its "not applicable" reason fails those tests):
+#
+# - ``restartable_broker(namespace)``: an async context manager yielding a
+#   ``tests.chaos_brokers.Restartable`` (config, make_driver, stop, start, secret) on a broker
+#   the test may stop and start: a private server on a free port where possible, else the shared
+#   one, which it restores in a ``finally`` and waits for before it returns. Or
+#   ``RESTART_NOT_APPLICABLE = "reason"`` where there is no server (memory, SQLite).
+# - ``unreachable_config(secret)``: Config keywords naming a broker that cannot be reached, with
+#   ``secret`` as its password where the driver takes one (raise NotImplementedError where
+#   nothing can be unreachable: memory).
+
+
+def backend_module(backend: str) -> Any:
+    return importlib.import_module(f"tests.backends.{backend}_backend")
+
+
+def restart_not_applicable(backend: str) -> str | None:
+    """Why ``backend`` has no broker restart test, or None when it has one. A backend with
+    neither the hook nor a reason is an error, so a new driver cannot skip the test silently."""
+    module = backend_module(backend)
+    if hasattr(module, "restartable_broker"):
+        return None
+    reason = getattr(module, "RESTART_NOT_APPLICABLE", None)
+    if not reason:
+        raise AssertionError(
+            f"tests/backends/{backend}_backend.py needs restartable_broker(namespace) or "
+            "RESTART_NOT_APPLICABLE = '<why>' (see tests/backends/__init__.py)"
+        )
+    return str(reason)
+
+
+def restartable_broker(backend: str, namespace: str) -> Any:
+    """The backend's ``restartable_broker(namespace)`` async context manager."""
+    return backend_module(backend).restartable_broker(namespace)
+
+
+def unreachable_config(backend: str, secret: str) -> dict[str, Any] | None:
+    """Config keywords of an unreachable broker of ``backend``, or None where none can be."""
+    module = backend_module(backend)
+    if not hasattr(module, "unreachable_config"):
+        raise AssertionError(f"tests/backends/{backend}_backend.py needs unreachable_config(secret)")
+    try:
+        config: dict[str, Any] = module.unreachable_config(secret)
+    except NotImplementedError:
+        return None
+    return config

@@ -19,3 +19,12 @@ async def cleanup(namespace: str) -> None:
 
 def driver_config(namespace: str) -> dict[str, Any]:
     raise NotImplementedError("the memory driver lives in one process")
+
+
+# -- hooks of the chaos and security suites (tests/test_chaos.py, tests/test_security.py) ----
+
+RESTART_NOT_APPLICABLE = "the memory driver lives in one process: there is no broker to restart"
+
+
+def unreachable_config(secret: str) -> dict[str, Any]:
+    raise NotImplementedError("the memory driver has no broker that could be unreachable")

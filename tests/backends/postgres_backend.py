@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 from asynctasq.drivers.postgres import PostgresDriver
@@ -41,3 +43,34 @@ async def cleanup(namespace: str) -> None:
 
 def driver_config(namespace: str) -> dict[str, Any]:
     return {"driver": "postgres", "postgres_dsn": DSN, "postgres_schema": namespace}
+
+
+# -- hooks of the chaos and security suites (tests/test_chaos.py, tests/test_security.py) ----
+
+
+@contextlib.asynccontextmanager
+async def restartable_broker(namespace: str) -> AsyncIterator[Any]:
+    """A private PostgreSQL cluster on a free port (tests/chaos_brokers.py): restarting it
+    disturbs nobody else on the shared server."""
+    from tests.chaos_brokers import SECRET, Restartable, private_postgres
+
+    async with private_postgres() as server:
+
+        async def make(**options: Any) -> PostgresDriver:
+            options.setdefault("max_pool_size", 4)
+            driver = PostgresDriver(dsn=server.dsn, schema=namespace, **options)
+            await driver.connect()
+            return driver
+
+        config = {"driver": "postgres", "postgres_dsn": server.dsn, "postgres_schema": namespace}
+        yield Restartable(config, make, server.stop, server.start, SECRET, "reconnect_timeout_s")
+
+
+def unreachable_config(secret: str) -> dict[str, Any]:
+    """Nothing listens on the port; the DSN carries ``secret`` as its password."""
+    from tests.chaos_brokers import free_port
+
+    return {
+        "driver": "postgres",
+        "postgres_dsn": f"postgresql://postgres:{secret}@127.0.0.1:{free_port()}/test",
+    }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,3 +47,31 @@ async def cleanup(namespace: str) -> None:
 
 def driver_config(namespace: str) -> dict[str, Any]:
     return {"driver": "redis", "redis_url": REDIS_URL, "redis_prefix": namespace}
+
+
+# -- hooks of the chaos and security suites (tests/test_chaos.py, tests/test_security.py) ----
+
+
+@contextlib.asynccontextmanager
+async def restartable_broker(namespace: str) -> AsyncIterator[Any]:
+    """A private redis-server with AOF and a password, on a free port (tests/chaos_brokers.py)."""
+    from tests.chaos_brokers import SECRET, Restartable, private_redis
+
+    async with private_redis() as server:
+
+        async def make(**options: Any) -> Any:
+            from asynctasq.drivers.redis import RedisDriver
+
+            driver = RedisDriver(url=server.url, prefix=namespace, **options)
+            await driver.connect()
+            return driver
+
+        config = {"driver": "redis", "redis_url": server.url, "redis_prefix": namespace}
+        yield Restartable(config, make, server.stop, server.start, SECRET, "reconnect_timeout")
+
+
+def unreachable_config(secret: str) -> dict[str, Any]:
+    """Nothing listens on the port; the URL carries ``secret`` as its password."""
+    from tests.chaos_brokers import free_port
+
+    return {"driver": "redis", "redis_url": f"redis://:{secret}@127.0.0.1:{free_port()}/0"}

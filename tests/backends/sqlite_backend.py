@@ -32,3 +32,16 @@ async def cleanup(namespace: str) -> None:
 
 def driver_config(namespace: str) -> dict[str, Any]:
     return {"driver": "sqlite", "sqlite_path": _path(namespace)}
+
+
+# -- hooks of the chaos and security suites (tests/test_chaos.py, tests/test_security.py) ----
+
+RESTART_NOT_APPLICABLE = (
+    "SQLite is a file, not a server: there is nothing to restart (a writer killed mid-transaction "
+    "is the kill-half test)"
+)
+
+
+def unreachable_config(secret: str) -> dict[str, Any]:
+    """A database that cannot be opened (SQLite has no password: ``secret`` is unused)."""
+    return {"driver": "sqlite", "sqlite_path": "/nonexistent-asynctasq-dir/tasks.db"}
