@@ -211,3 +211,17 @@ async def test_the_base_validates_before_any_hook_runs() -> None:
 
     with pytest.raises(TypeError, match="teleport"):
         Bad()
+
+
+async def test_the_memory_driver_forgets_the_timers_of_finished_messages() -> None:
+    driver = MemoryDriver(namespace="kit-timers")
+    try:
+        for _ in range(10):
+            await driver.enqueue_many([EnqueueItem("q", b"x")] * 1000)
+            while got := await driver.dequeue(["q"], 10, wait=0):
+                await driver.extend(got, 30)
+                assert len(await driver.ack(got)) == len(got)
+        # 10,000 claims and 10,000 extends each left a timer behind before they were dropped
+        assert len(driver._s.timers) <= 2 * len(driver._s.messages) + 1000
+    finally:
+        MemoryDriver.reset("kit-timers")

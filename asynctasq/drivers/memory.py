@@ -54,6 +54,8 @@ class _Store:
 
 
 _stores: dict[str, _Store] = {}
+TIMER_SLACK = 1000
+"""Stale timers tolerated beyond twice the stored messages before the heap is compacted."""
 
 
 class MemoryDriver(BaseDriver):
@@ -94,7 +96,22 @@ class MemoryDriver(BaseDriver):
 
     def _schedule(self, msg: _Message, due: float) -> None:
         msg.due = due
-        heapq.heappush(self._s.timers, (due, next(self._s.seq), msg.id, msg.token))
+        timers = self._s.timers
+        heapq.heappush(timers, (due, next(self._s.seq), msg.id, msg.token))
+        if len(timers) > 2 * len(self._s.messages) + TIMER_SLACK:
+            self._compact_timers()
+
+    def _compact_timers(self) -> None:
+        """Drop the timers of acked, released or re-leased messages (a stale timer otherwise
+        stays until its due time: a busy store would grow by one per claim and extend)."""
+        messages = self._s.messages
+        live = []
+        for entry in self._s.timers:
+            msg = messages.get(entry[2])
+            if msg is not None and msg.token == entry[3] and msg.due == entry[0] and msg.state != "ready":
+                live.append(entry)
+        heapq.heapify(live)
+        self._s.timers = live
 
     def _make_ready(self, msg: _Message) -> None:
         msg.state = "ready"
