@@ -30,7 +30,7 @@ from asynctasq.drivers.base import BaseDriver
 from asynctasq.errors import BrokerUnavailable
 from asynctasq.message import Envelope
 from tests.backends import (
-    BACKENDS,
+    RELIABILITY_BACKENDS,
     cleanup,
     driver_config,
     make_driver,
@@ -52,7 +52,7 @@ def _cross_process(backend: str) -> bool:
     return True
 
 
-CROSS_PROCESS = [b for b in BACKENDS if _cross_process(b)]
+CROSS_PROCESS = [b for b in RELIABILITY_BACKENDS if _cross_process(b)]
 BAD_LOG_LINES = ("Traceback", "Future exception was never retrieved", "Task exception was never retrieved")
 
 
@@ -311,7 +311,7 @@ async def test_a_delayed_storm_runs_each_task_exactly_once(
     clean_log(workers.logs())
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=RELIABILITY_BACKENDS)
 def any_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

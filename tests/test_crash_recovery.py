@@ -3,7 +3,6 @@ that runs across processes (tests/backends: driver_config)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -19,7 +18,6 @@ import pytest
 import asynctasq
 from asynctasq.config import env_name
 from asynctasq.drivers.base import BaseDriver
-from asynctasq.message import Envelope
 from tests.backends import BACKENDS, cleanup, driver_config, make_driver
 from tests.cli_tasks import mark
 from tests.conftest import wait_for
@@ -130,56 +128,3 @@ async def test_sigterm_finishes_running_tasks_and_exits_zero(
     finisher = start_worker(env, marks, "--concurrency", "10", "--burst")
     assert finisher.wait(60) == 0, logs(marks)
     assert Counter(read_marks(marks)) == Counter(f"s{i}" for i in range(n)), "each task ran exactly once"
-
-
-async def test_a_poison_pill_uses_up_only_its_own_attempts(tmp_path: Path, namespace: str) -> None:
-    """Two workers at concurrency 5; one task SIGKILLs whichever worker runs it. Its neighbours
-    in the batch are redelivered too, but a redelivered task runs alone, so only the poison
-    reaches max_attempts ("worker lost"); every innocent completes."""
-    from tests.worker_tasks import innocent, poison
-
-    driver = await make_driver("sqlite", namespace, lease_seconds=1)
-    settings = driver_config("sqlite", namespace)
-    env = {env_name(k): str(v) for k, v in settings.items()}
-    marks = tmp_path / "marks.txt"
-    n = 9
-    workers: list[subprocess.Popen[str]] = []
-    try:
-        calls = [innocent(f"i{i}", 0.5) for i in range(n)]
-        calls.insert(2, poison(0.1))
-        await asynctasq.dispatch_many(calls, driver=driver)
-
-        def spawn() -> subprocess.Popen[str]:
-            return start_worker(
-                env, marks, "--import", "tests.worker_tasks", "--concurrency", "5", "--lease-seconds", "1"
-            )
-
-        workers = [spawn(), spawn()]
-
-        async def settled() -> bool:
-            for i, proc in enumerate(workers):
-                if proc.poll() is not None:  # killed by the poison: the test is its supervisor
-                    workers[i] = spawn()
-            failed = [Envelope.decode(e["body"]) for e in await driver.failed_list()]
-            ended = set(read_marks(marks)) | {str(e.args[0]) for e in failed if e.task == innocent.name}
-            return any(e.task == poison.name for e in failed) and len(ended) == n
-
-        await wait_for(settled, timeout=90, interval=0.1)
-        failed = await driver.failed_list()
-        blamed = [Envelope.decode(e["body"]).args for e in failed]
-        assert len(failed) == 1, f"innocents blamed for the poison's kills: {blamed}"
-        [entry] = failed
-        assert Envelope.decode(entry["body"]).task == poison.name
-        assert "worker lost" in entry["error"]
-        assert set(read_marks(marks)) == {f"i{i}" for i in range(n)}
-        kills = (tmp_path / "marks.txt.poison").read_text().split()
-        assert len(kills) == 3, "the poison ran once per attempt"
-    finally:
-        for proc in workers:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in workers:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(30)
-        await driver.disconnect()
-        await cleanup("sqlite", namespace)

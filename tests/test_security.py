@@ -26,7 +26,13 @@ from asynctasq.errors import ConfigError, InvalidQueueName, MessageTooLarge
 from asynctasq.message import Envelope
 from asynctasq.serializers import get_serializer
 from asynctasq.signing import SignatureError, Signer
-from tests.backends import backend_module, unreachable_config
+from tests.backends import (
+    BACKENDS,
+    RELIABILITY_BACKENDS,
+    RELIABILITY_PENDING,
+    backend_module,
+    unreachable_config,
+)
 from tests.chaos_brokers import SECRET
 from tests.conftest import wait_for
 
@@ -276,7 +282,14 @@ def run_cli(
     )  # fmt: skip
 
 
+def test_drivers_pending_the_reliability_suite_are_named_with_what_is_missing() -> None:
+    assert set(RELIABILITY_PENDING) <= set(BACKENDS)
+    assert all(len(reason) > 20 for reason in RELIABILITY_PENDING.values())
+    assert {"memory", "sqlite", "redis", "postgres"} <= set(RELIABILITY_BACKENDS)
+
+
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", RELIABILITY_BACKENDS)
 async def test_an_unreachable_broker_is_one_clear_line_and_a_failure(backend: str) -> None:
     settings = unreachable_config(backend, SECRET)
     if settings is None:
@@ -296,6 +309,7 @@ async def test_an_unreachable_broker_is_one_clear_line_and_a_failure(backend: st
         assert len(errors) == 1, output
 
 
+@pytest.mark.parametrize("backend", RELIABILITY_BACKENDS)
 async def test_passwords_never_show_on_start_up_info_and_failure(
     backend: str, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:

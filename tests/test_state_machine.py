@@ -32,7 +32,7 @@ from hypothesis.stateful import (
 )
 
 from asynctasq.drivers.base import BaseDriver, Delivery, EnqueueItem
-from tests.backends import BACKENDS, cleanup, make_driver
+from tests.backends import RELIABILITY_BACKENDS, cleanup, make_driver
 
 T = TypeVar("T")
 EXAMPLES = int(os.environ.get("ASYNCTASQ_STATE_MACHINE_EXAMPLES", "12"))
@@ -229,7 +229,7 @@ class QueueModel(RuleBasedStateMachine):
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", RELIABILITY_BACKENDS)
 def test_the_driver_behaves_like_the_model(backend: str) -> None:
     machine = type(f"QueueModel_{backend}", (QueueModel,), {"backend": backend})
     run_state_machine_as_test(

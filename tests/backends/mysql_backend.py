@@ -41,3 +41,10 @@ async def cleanup(namespace: str) -> None:
 
 def driver_config(namespace: str) -> dict[str, Any]:
     return {"driver": "mysql", "mysql_dsn": DSN, "mysql_table": table(namespace)}
+
+
+def unreachable_config(secret: str) -> dict[str, Any]:
+    """Nothing listens on the port; the DSN carries ``secret`` as its password."""
+    from tests.chaos_brokers import free_port
+
+    return {"driver": "mysql", "mysql_dsn": f"mysql://root:{secret}@127.0.0.1:{free_port()}/test"}

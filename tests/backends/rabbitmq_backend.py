@@ -62,3 +62,10 @@ async def cleanup(namespace: str) -> None:
 
 def driver_config(namespace: str) -> dict[str, Any]:
     return {"driver": "rabbitmq", "rabbitmq_url": RABBITMQ_URL, "rabbitmq_prefix": namespace}
+
+
+def unreachable_config(secret: str) -> dict[str, Any]:
+    """Nothing listens on the port; the URL carries ``secret`` as its password."""
+    from tests.chaos_brokers import free_port
+
+    return {"driver": "rabbitmq", "rabbitmq_url": f"amqp://guest:{secret}@127.0.0.1:{free_port()}/"}

@@ -145,3 +145,16 @@ def count_calls(driver: Any) -> Counter[str]:
 
     driver._client.meta.events.register("before-call.sqs", before_call)
     return calls
+
+
+def unreachable_config(secret: str) -> dict[str, Any]:
+    """No SQS endpoint listens on the port; ``secret`` is the AWS secret key."""
+    url = f"http://127.0.0.1:{free_port()}"
+    return {
+        "driver": "sqs",
+        "sqs_region": REGION,
+        "sqs_endpoint_url": url,
+        "sqs_queue_url_prefix": f"{url}/{ACCOUNT}/",
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": secret,
+    }
