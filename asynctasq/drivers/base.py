@@ -250,25 +250,33 @@ class BaseDriver(ABC):
         validate_queue_name(queue)
         self.check_message(body)
         msg_id = await self._enqueue(EnqueueItem(queue, body, max(float(delay), 0.0)))
-        self.wake_queues((queue,))
+        if self.hub:
+            self.wake_queues((queue,))
         return msg_id
 
     async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[str]:
         """Store many messages, in one round trip where the broker allows; ids in order."""
         if not items:
             return []
-        checked = []
+        negative = False
+        limit = self.max_message_bytes
         for item in items:
             validate_queue_name(item.queue)
-            self.check_message(item.body)
-            checked.append(item if item.delay >= 0 else item._replace(delay=0.0))
+            if len(item.body) > limit:
+                self.check_message(item.body)
+            negative = negative or item.delay < 0
+        checked = [i._replace(delay=max(i.delay, 0.0)) for i in items] if negative else items
         ids = await self._enqueue_many(checked)
-        self.wake_queues({i.queue for i in checked})
+        if self.hub:
+            self.wake_queues({i.queue for i in checked})
         return ids
 
     async def dequeue(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:
         """Lease up to ``limit`` messages from ``queues`` in that order; wait up to ``wait`` s."""
-        names = list(dict.fromkeys(validate_queue_name(q) for q in queues))
+        if len(queues) == 1:
+            names = [validate_queue_name(queues[0])]
+        else:
+            names = list(dict.fromkeys(validate_queue_name(q) for q in queues))
         if limit <= 0 or not names:
             return []
         got = await self._claim_or_give_back(names, limit)
