@@ -110,7 +110,11 @@ async def test_competing_consumers_split_without_duplicates(driver_factory: Make
             assert len(await driver.ack(got)) == len(got)
 
     await asyncio.gather(consume(a), consume(b))
-    assert sorted(seen) == sorted(str(i).encode() for i in range(n))
+    if a.fencing:
+        assert sorted(seen) == sorted(str(i).encode() for i in range(n))
+    else:  # at-least-once without broker-side fencing (an SQS standard queue may hand out a
+        # copy twice): nothing lost
+        assert set(seen) == {str(i).encode() for i in range(n)}
 
 
 async def test_leased_message_is_invisible(driver_factory: MakeDriver, queue: str) -> None:
