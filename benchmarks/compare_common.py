@@ -96,3 +96,10 @@ def print_table(title: str, systems: Sequence[str], results: Results) -> None:
             fmt(column(results, system, "latency", "max_ms"), 1),
         ]
         print(f"| {system} | " + " | ".join(cells) + " |")
+
+
+def print_driver_limits(rate_of: Callable[[int], float]) -> None:
+    """The bare driver's own ceiling, ``rate_of(batch)``: one loop of dequeue(batch) + ack(batch)."""
+    print()
+    for batch in (10, 50):
+        print(f"bare driver, one loop: dequeue({batch}) + ack({batch}): {rate_of(batch):,.0f} tasks/s")

@@ -25,7 +25,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from compare_common import add_arguments, bare_drain_rate, column, fmt, interleaved, print_table, run_json  # noqa: E402
+from compare_common import (  # noqa: E402
+    add_arguments,
+    bare_drain_rate,
+    column,
+    fmt,
+    interleaved,
+    print_driver_limits,
+    print_table,
+    run_json,
+)
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/asynctasq_bench"
 SYSTEMS = ["asynctasq", "pgqueuer", "procrastinate"]
@@ -118,10 +127,7 @@ def main() -> None:
     print("Deviations: pgqueuer entrypoint concurrency_limit and batch_size = the concurrency;")
     print("procrastinate keeps finished jobs (its default). Peers run on uvloop like ours.")
     if args.limits:
-        print()
-        for batch in (10, 50):
-            rate = asyncio.run(_driver_limit(args.dsn, 20000, batch))
-            print(f"bare driver, one loop: dequeue({batch}) + ack({batch}): {rate:,.0f} tasks/s")
+        print_driver_limits(lambda batch: asyncio.run(_driver_limit(args.dsn, 20000, batch)))
 
 
 if __name__ == "__main__":

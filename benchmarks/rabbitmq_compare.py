@@ -41,7 +41,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(HERE, "peers"))
 
-from compare_common import add_arguments, column, interleaved, print_table, run_json  # noqa: E402
+from compare_common import add_arguments, column, interleaved, print_driver_limits, print_table, run_json  # noqa: E402
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 REDIS_URL = os.environ.get("ASYNCTASQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -209,10 +209,7 @@ def main() -> None:
         if notes:
             print(f"  {system}: {'; '.join(sorted(notes))}")
     if args.limits:
-        print()
-        for batch in (10, 50):
-            rate = asyncio.run(_driver_limit(args.amqp_url, 20000, batch))
-            print(f"bare driver, one loop: dequeue({batch}) + ack({batch}): {rate:,.0f} tasks/s")
+        print_driver_limits(lambda batch: asyncio.run(_driver_limit(args.amqp_url, 20000, batch)))
 
 
 if __name__ == "__main__":
