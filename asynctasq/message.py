@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 
 from asynctasq.errors import SerializationError
 from asynctasq.serializers import BaseSerializer, loads_any
-from asynctasq.signing import Signer, strip_signature
+from asynctasq.signing import MAGIC, Signer, strip_signature
 
 ENVELOPE_VERSION = 1
+_SIGNED_FIRST = MAGIC[:1]
 T = TypeVar("T", int, float)
 
 
@@ -69,7 +70,8 @@ class Envelope:
     @classmethod
     def decode(cls, data: bytes, *, accept_pickle: bool = False) -> Envelope:
         """Decode a message; a signed one is decoded unverified (a worker verifies first)."""
-        data = strip_signature(data)
+        if data[:1] == _SIGNED_FIRST:
+            data = strip_signature(data)
         raw = loads_any(data, accept_pickle=accept_pickle)
         if not isinstance(raw, dict) or "task" not in raw or "v" not in raw:
             raise SerializationError(f"not an asynctasq message: {_preview(data)}")

@@ -163,6 +163,12 @@ class BaseDriver(ABC):
     """True when the broker keeps a wake-up until a waiter takes it (Redis wake lists, an SQS
     long poll, a consumer's buffer), so a wait need not repeat the claim it follows; False
     when wake-ups come through the in-process hub, which keeps none."""
+    shield_claims: ClassVar[bool] = True
+    """True: ``_claim`` runs in a task of its own, to its end even when the caller of
+    ``dequeue`` is cancelled meanwhile, and what it leased is given back (safe for any client
+    library, at the cost of a task and a loop iteration per claim). False: the driver's
+    ``_claim`` runs in the caller's task and gives back by itself what it leased when it is
+    cancelled (``_give_back_soon``), as the memory, SQLite and Redis drivers do."""
 
     def __init__(
         self, *, lease_seconds: float = DEFAULT_LEASE_S, max_message_bytes: int | None = None
@@ -279,11 +285,12 @@ class BaseDriver(ABC):
             names = list(dict.fromkeys(validate_queue_name(q) for q in queues))
         if limit <= 0 or not names:
             return []
-        got = await self._claim_or_give_back(names, limit)
+        claim = self._claim_or_give_back if self.shield_claims else self._claim
+        got = await claim(names, limit)
         if got or wait <= 0:
             return got  # the busy path: no waiter to register
         return await self._wait_for(
-            lambda: self._claim_or_give_back(names, limit),
+            lambda: claim(names, limit),
             [queue_key(q) for q in names],
             names,
             wait,
@@ -307,8 +314,17 @@ class BaseDriver(ABC):
         except (AsyncTasQError, OSError, asyncio.CancelledError):
             return
         if deliveries:
-            await self._unlease(deliveries)
-            self.wake_queues({d.queue for d in deliveries})
+            await self._unlease_and_wake(deliveries)
+
+    async def _unlease_and_wake(self, deliveries: Sequence[Delivery]) -> None:
+        await self._unlease(deliveries)
+        self.wake_queues({d.queue for d in deliveries})
+
+    def _give_back_soon(self, deliveries: Sequence[Delivery]) -> None:
+        """Give back, uncounted and in the background, what a claim leased for a caller that
+        was cancelled (for drivers whose ``_claim`` runs unshielded)."""
+        if deliveries:
+            self._in_background(self._unlease_and_wake(list(deliveries)))
 
     async def _unlease(self, deliveries: Sequence[Delivery]) -> None:
         """Give back deliveries nobody got, uncounted; override with one batch statement."""

@@ -63,6 +63,7 @@ class MemoryDriver(BaseDriver):
     capabilities: ClassVar[frozenset[str]] = frozenset(
         {"stats", "failed", "results", "workers", "control", "purge", "fencing"}
     )
+    shield_claims = False  # a claim never waits: it cannot be cancelled half-way
 
     def __init__(
         self,

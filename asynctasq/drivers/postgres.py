@@ -115,6 +115,7 @@ class PostgresDriver(BaseDriver):
     capabilities: ClassVar[frozenset[str]] = frozenset(
         {"stats", "failed", "results", "workers", "control", "purge", "migrations", "fencing"}
     )
+    shield_claims = False  # a cancelled claim gives back by its token (_fetch_claim)
 
     def __init__(
         self,
@@ -169,11 +170,11 @@ class PostgresDriver(BaseDriver):
         """``op(pool)``: a lost connection is retried with backoff (``Reconnect``); any other
         database error becomes a :class:`BrokerError` naming ``what`` failed."""
 
-        async def attempt() -> T:
-            return await op(self._p)
-
         try:
-            return await self._reconnect.run(attempt)
+            try:
+                return await op(self._p)  # the hot path: one try, no wrapper
+            except _LOST as exc:
+                return await self._reconnect.run(lambda: op(self._p), failed=exc)
         except asyncpg.PostgresError as exc:
             raise BrokerError(f"postgres {what} failed: {one_line(exc)}") from exc
 
@@ -401,13 +402,50 @@ class PostgresDriver(BaseDriver):
         lease = self.lease_seconds
         if len(queues) == 1:
             queue = queues[0]
-            sql = self._sql.claim_one
-            rows = await self._db("dequeue", lambda p: p.fetch(sql, queue, limit, lease, token))
+            args: tuple[Any, ...] = (self._sql.claim_one, queue, limit, lease, token)
+            rows = await self._db("dequeue", lambda p: self._fetch_claim(p, args, queues))
             return [Delivery(str(r[0]), queue, r[1], str_token, r[2]) for r in rows]
-        names = list(queues)
-        sql = self._sql.claim_many
-        rows = await self._db("dequeue", lambda p: p.fetch(sql, names, limit, lease, token))
+        args = (self._sql.claim_many, list(queues), limit, lease, token)
+        rows = await self._db("dequeue", lambda p: self._fetch_claim(p, args, queues))
         return [Delivery(str(r[0]), r[1], r[2], str_token, r[3]) for r in rows]
+
+    async def _fetch_claim(self, pool: Any, args: tuple[Any, ...], queues: Sequence[str]) -> list[Any]:
+        """``pool.fetch(*args)`` for a claim whose lease token is ``args[4]``, except that a
+        caller cancelled meanwhile leaves no lease behind: the give-back by that token runs on
+        the claim's own connection, which asyncpg holds until the cancelled statement has
+        ended, so it lands after the claim whether or not the claim committed."""
+        con = await pool.acquire()
+        try:
+            rows: list[Any] = await con.fetch(*args)
+        except asyncio.CancelledError:
+            self._in_background(self._unlease_token(pool, con, args[4], queues))
+            raise
+        except BaseException:
+            await pool.release(con)
+            raise
+        try:
+            await pool.release(con)
+        except asyncio.CancelledError:
+            self._in_background(self._unlease_token(pool, None, args[4], queues))
+            raise
+        return rows
+
+    async def _unlease_token(self, pool: Any, con: Any, token: int, queues: Sequence[str]) -> None:
+        """Give back, uncounted, what the claim of ``token`` leased (a cancelled dequeue)."""
+        sql, names = self._sql.unlease_token, list(queues)
+        try:
+            if con is None:
+                given = await pool.fetchval(sql, token, names, self.channel)
+            else:
+                try:
+                    given = await con.fetchval(sql, token, names, self.channel)
+                finally:
+                    await pool.release(con)
+        except _DB_ERRORS as exc:  # their leases expire instead
+            log.warning("could not give back what a cancelled dequeue leased: %s", one_line(exc))
+            return
+        if given:
+            self.wake_queues(queues)
 
     async def _pause(self, waiter: Waiter, queues: Sequence[str], left: float) -> None:
         """Until a NOTIFY (or an in-process wake-up), the next delayed message or lease
@@ -725,6 +763,15 @@ class _Statements:
                 RETURNING queue
             )
             SELECT 1 FROM u, pg_notify($5, 'q:' || u.queue)
+        """
+        self.unlease_token = f"""
+            WITH u AS (
+                UPDATE {t} SET lease_token = NULL, visible_at = now(),
+                    delivery_count = greatest(delivery_count - 1, 0)
+                WHERE queue = ANY($2::text[]) AND visible_at > now() AND lease_token = $1
+                RETURNING queue
+            )
+            SELECT count(pg_notify($3, 'q:' || q)) FROM (SELECT DISTINCT queue AS q FROM u) g
         """
         self.extend = f"""
             WITH d AS (

@@ -32,6 +32,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -187,6 +188,7 @@ class SQLiteDriver(BaseDriver):
     capabilities: ClassVar[frozenset[str]] = frozenset(
         {"stats", "failed", "results", "workers", "control", "purge", "fencing"}
     )
+    shield_claims = False  # a cancelled claim gives back by its token (_claim)
 
     def __init__(
         self,
@@ -447,7 +449,7 @@ class SQLiteDriver(BaseDriver):
                 union = " UNION ALL ".join(f"SELECT id, {i} AS rank, due FROM ({ranked})" for i in range(n))
                 chosen = f"SELECT id FROM ({union}) ORDER BY rank, due, id LIMIT ?"
             sql = (
-                "UPDATE tasks SET token = lower(hex(randomblob(16))), due = ?, deliveries = deliveries + 1 "
+                "UPDATE tasks SET token = ?, due = ?, deliveries = deliveries + 1 "
                 f"WHERE id IN ({chosen}) RETURNING id, queue, body, token, deliveries"
             )
             self._claim_sql[n] = sql
@@ -462,9 +464,11 @@ class SQLiteDriver(BaseDriver):
         return sql
 
     async def _claim(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        token = secrets.token_hex(16)  # one per claim: what a cancelled claim leased carries it
+
         async def op(conn: aiosqlite.Connection) -> list[Delivery]:
             now = time.time()
-            params: list[Any] = [now + self.lease_seconds]
+            params: list[Any] = [token, now + self.lease_seconds]
             for q in queues:
                 params += (q, now, limit)
             if len(queues) > 1:
@@ -472,7 +476,13 @@ class SQLiteDriver(BaseDriver):
             rows = await conn.execute_fetchall(self._claim_statement(len(queues)), params)
             return [Delivery(str(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
 
-        deliveries = await self._run(op)
+        try:
+            deliveries = await self._run(op)
+        except asyncio.CancelledError:
+            # the connection's thread runs statements in the order given: a give-back by the
+            # claim's token queued now runs after the claim, whether or not it had started
+            self._in_background(self._unlease_token(token, queues))
+            raise
         if len(deliveries) > 1:
             rank = {q: i for i, q in enumerate(queues)}
             deliveries.sort(key=lambda d: (rank[d.queue], int(d.id)))
@@ -556,6 +566,22 @@ class SQLiteDriver(BaseDriver):
         return await self._fenced(
             f"UPDATE tasks SET due = ? WHERE {_FENCE} RETURNING id, token", deliveries, (until,)
         )
+
+    async def _unlease_token(self, token: str, queues: Sequence[str]) -> None:
+        """Give back, uncounted, what the claim of ``token`` leased (a cancelled dequeue)."""
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(
+                "UPDATE tasks SET token = NULL, due = ?, deliveries = max(deliveries - 1, 0) WHERE token = ?",
+                (time.time(), token),
+            )
+            return cursor.rowcount
+
+        try:
+            if await self._run(op):
+                self.wake_queues(queues)
+        except DriverError as exc:  # their leases expire instead
+            log.warning("could not give back what a cancelled dequeue leased: %s", exc)
 
     async def _release(self, delivery: Delivery, delay: float, body: bytes | None) -> bool:
         ids = int_ids([delivery.id])

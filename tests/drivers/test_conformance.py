@@ -170,6 +170,34 @@ async def test_release_gives_back_uncounted(driver: BaseDriver, queue: str) -> N
     assert len(await driver.ack([again])) == 1
 
 
+@pytest.mark.parametrize("how", ["loop-steps", "short-sleeps"])
+async def test_a_dequeue_cancelled_at_any_point_loses_nothing_and_costs_no_attempt(
+    driver_factory: MakeDriver, queue: str, how: str
+) -> None:
+    """Cancel dequeues at every point of their claim (before it is sent, while it is in
+    flight, after its reply came): what a cancelled claim leased is given back uncounted, so
+    the message comes back at once with its first delivery count, not after a lease expiry."""
+    driver = await driver_factory(lease_seconds=60)
+    await driver.enqueue(queue, b"cancel-me")
+    for point in range(12):
+        task = asyncio.ensure_future(driver.dequeue([queue], 5, wait=2))
+        if how == "loop-steps":
+            for _ in range(point):
+                await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(point * 0.0005)
+        task.cancel()
+        try:
+            got = await task
+        except asyncio.CancelledError:
+            continue
+        assert [d.body for d in got] == [b"cancel-me"]  # it finished first: hand it back
+        assert await driver.release(got[0]) is True
+    [again] = await take(driver, [queue], 1, timeout=20)
+    assert (again.body, again.delivery_count) == (b"cancel-me", 1)
+    assert len(await driver.ack([again])) == 1
+
+
 async def test_release_with_body_is_a_retry(driver: BaseDriver, queue: str) -> None:
     await driver.enqueue(queue, b"attempt-1")
     [first] = await driver.dequeue([queue], 1, wait=1)
