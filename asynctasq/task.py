@@ -383,6 +383,11 @@ class Producer:
         self._drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Drivers] = (
             weakref.WeakKeyDictionary()
         )
+        # the last loop's connected drivers, for the hot path (a weak key lookup costs more);
+        # kept apart from _drivers so that a closed driver is never handed out (close() resets)
+        # (one tuple, read and replaced whole: the background loop of dispatch_sync runs in
+        # another thread)
+        self._ready_pair: tuple[asyncio.AbstractEventLoop | None, dict[int, BaseDriver]] = (None, {})
 
     def connection_index(self, queue: str) -> int:
         """The index in :attr:`connections` of ``queue``'s connection (may raise for a queue
@@ -400,11 +405,14 @@ class Producer:
 
     async def send(self, encoded: Sequence[Encoded], driver: BaseDriver | None = None) -> None:
         """Enqueue encoded calls, one batch per connection (one in all on ``driver``)."""
-        batches: dict[int, list[EnqueueItem]] = {}
-        for index, _, item in encoded:
-            batches.setdefault(0 if driver is not None else index, []).append(item)
+        if driver is not None or len(self.connections) == 1:
+            batches = {0: [e.item for e in encoded]}
+        else:
+            batches = {}
+            for index, _, item in encoded:
+                batches.setdefault(index, []).append(item)
         for index, items in batches.items():
-            target = driver or await self.driver(index)
+            target = driver or self._ready.get(index) or await self.driver(index)
             if len(encoded) == 1:  # one call: the single enqueue
                 await target.enqueue(items[0].queue, items[0].body, items[0].delay)
             else:
@@ -412,18 +420,45 @@ class Producer:
 
     async def dispatch(self, call: TaskCall | Task, driver: BaseDriver | None = None) -> str:
         """Enqueue ``call`` on its queue's connection (or on ``driver``); return the task id."""
-        encoded = self.encode(call)
-        await self.send([encoded], driver)
-        return encoded.task_id
+        tc = call.call() if isinstance(call, Task) else call
+        env = tc.envelope(self.config)
+        index = 0 if self._route is None else self._route(env.queue)
+        body = env.encode(self._serializers[index], self._signers[index])
+        target = driver or self._ready.get(index) or await self.driver(index)
+        await target.enqueue(env.queue, body, tc._delay)
+        return env.id
 
     async def dispatch_many(
         self, calls: Iterable[TaskCall | Task], driver: BaseDriver | None = None
     ) -> list[str]:
         """Enqueue ``calls``, one batch per connection (one in all on ``driver``); return their
         ids in order."""
-        encoded = [self.encode(call) for call in calls]
-        await self.send(encoded, driver)
-        return [e.task_id for e in encoded]
+        if self._route is not None:
+            encoded = [self.encode(call) for call in calls]
+            await self.send(encoded, driver)
+            return [e.task_id for e in encoded]
+        # one connection for all: no routing, no per-call bookkeeping (the bulk hot path)
+        config, serializer, signer = self.config, self._serializers[0], self._signers[0]
+        ids: list[str] = []
+        items: list[EnqueueItem] = []
+        for call in calls:
+            tc = call.call() if isinstance(call, Task) else call
+            env = tc.envelope(config)
+            items.append(EnqueueItem(env.queue, env.encode(serializer, signer), tc._delay))
+            ids.append(env.id)
+        if items:
+            target = driver or self._ready.get(0) or await self.driver(0)
+            if len(items) == 1:
+                await target.enqueue(items[0].queue, items[0].body, items[0].delay)
+            else:
+                await target.enqueue_many(items)
+        return ids
+
+    @property
+    def _ready(self) -> dict[int, BaseDriver]:
+        """The running loop's connected drivers (empty until they are): the hot path's lookup."""
+        loop, drivers = self._ready_pair
+        return drivers if loop is asyncio.get_running_loop() else {}
 
     async def driver(self, index: int = 0) -> BaseDriver:
         """The connected driver of ``connections[index]`` in the running loop."""
@@ -444,6 +479,10 @@ class Producer:
             raise
         if drivers.get(index) is pending:
             drivers[index] = driver
+        ready = self._ready_pair
+        if ready[0] is not loop:
+            ready = self._ready_pair = (loop, {})
+        ready[1][index] = driver
         return driver
 
     async def _connect(self, index: int) -> BaseDriver:
@@ -459,12 +498,14 @@ class Producer:
 
     async def close(self) -> None:
         """Disconnect the running loop's drivers; a later dispatch connects again."""
+        self._ready_pair = (None, {})
         await _disconnect(self._drivers.pop(asyncio.get_running_loop(), {}))
 
     async def close_everywhere(self) -> None:
         """Disconnect the drivers of every loop: this one's directly, those of other running
         loops (the background loop of ``dispatch_sync``) on their own loop, waiting for them."""
         here = asyncio.get_running_loop()
+        self._ready_pair = (None, {})
         for loop in list(self._drivers):
             drivers = self._drivers.pop(loop, {})
             if loop is here:
@@ -474,6 +515,7 @@ class Producer:
 
     def reset(self) -> None:
         """Forget every driver; those of running loops disconnect there, without waiting."""
+        self._ready_pair = (None, {})
         for loop, drivers in list(self._drivers.items()):
             if loop.is_running():
                 loop.call_soon_threadsafe(_disconnect_soon, drivers)

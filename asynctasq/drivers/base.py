@@ -253,11 +253,14 @@ class BaseDriver(ABC):
 
     async def enqueue(self, queue: str, body: bytes, delay: float = 0.0) -> str:
         """Store one message; return the driver's id for it."""
-        validate_queue_name(queue)
-        self.check_message(body)
-        msg_id = await self._enqueue(EnqueueItem(queue, body, max(float(delay), 0.0)))
-        if self.hub:
-            self.wake_queues((queue,))
+        if queue not in _valid_queue_names:
+            validate_queue_name(queue)
+        if len(body) > self.max_message_bytes:
+            self.check_message(body)
+        msg_id = await self._enqueue(EnqueueItem(queue, body, float(delay) if delay > 0 else 0.0))
+        hub = self._hub if self._hub is not None else self.hub
+        if hub:
+            hub.wake([queue_key(queue)])
         return msg_id
 
     async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[str]:
