@@ -403,20 +403,30 @@ class Producer:
         body = env.encode(self._serializers[index], self._signers[index])
         return Encoded(index, env.id, EnqueueItem(env.queue, body, tc._delay if delay is None else delay))
 
-    async def send(self, encoded: Sequence[Encoded], driver: BaseDriver | None = None) -> None:
-        """Enqueue encoded calls, one batch per connection (one in all on ``driver``)."""
+    async def send(self, encoded: Sequence[Encoded], driver: BaseDriver | None = None) -> list[str]:
+        """Enqueue encoded calls, one batch per connection (one in all on ``driver``); return
+        the drivers' message ids, in order (what ``BaseDriver.cancel`` takes)."""
+        batches: dict[int, list[EnqueueItem]]
+        positions: dict[int, Sequence[int]]
         if driver is not None or len(self.connections) == 1:
-            batches = {0: [e.item for e in encoded]}
+            batches, positions = {0: [e.item for e in encoded]}, {0: range(len(encoded))}
         else:
             batches = {}
-            for index, _, item in encoded:
+            where: dict[int, list[int]] = {}
+            for position, (index, _, item) in enumerate(encoded):
                 batches.setdefault(index, []).append(item)
+                where.setdefault(index, []).append(position)
+            positions = dict(where)
+        ids = [""] * len(encoded)
         for index, items in batches.items():
             target = driver or self._ready.get(index) or await self.driver(index)
             if len(encoded) == 1:  # one call: the single enqueue
-                await target.enqueue(items[0].queue, items[0].body, items[0].delay)
+                got = [await target.enqueue(items[0].queue, items[0].body, items[0].delay)]
             else:
-                await target.enqueue_many(items)
+                got = await target.enqueue_many(items)
+            for position, message_id in zip(positions[index], got, strict=True):
+                ids[position] = message_id
+        return ids
 
     async def dispatch(self, call: TaskCall | Task, driver: BaseDriver | None = None) -> str:
         """Enqueue ``call`` on its queue's connection (or on ``driver``); return the task id."""

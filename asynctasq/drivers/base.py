@@ -72,7 +72,7 @@ _QUEUE_NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,%d}\Z" % QUEUE_NAME_MAX_LEN)
 _valid_queue_names: set[str] = set()
 
 CAPABILITIES = frozenset(
-    {"stats", "purge", "failed", "results", "workers", "control", "migrations", "fencing"}
+    {"stats", "purge", "cancel", "failed", "results", "workers", "control", "migrations", "fencing"}
 )
 """Every optional capability a driver may list."""
 
@@ -485,6 +485,12 @@ class BaseDriver(ABC):
     async def purge(self, queue: str) -> int:
         """Delete every ready, delayed and leased message of ``queue``."""
         raise self._unsupported("purging queues")
+
+    async def cancel(self, queue: str, message_id: str) -> bool:
+        """Delete message ``message_id`` (the id ``enqueue`` returned) of ``queue`` if it is still
+        waiting, ready or delayed (a message whose lease expired waits again); False when it is
+        leased to a consumer, already done or unknown. The ``cancel`` capability."""
+        raise self._unsupported("cancelling a waiting message")
 
     async def failed_list(self, queue: str | None = None, limit: int = 100) -> list[FailedEntry]:
         raise self._unsupported("the failed registry")

@@ -27,6 +27,7 @@ from asynctasq.drivers.base import (
     FailedEntry,
     QueueStats,
     WorkerInfo,
+    validate_queue_name,
 )
 
 
@@ -61,7 +62,7 @@ TIMER_SLACK = 1000
 class MemoryDriver(BaseDriver):
     name = "memory"
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"stats", "failed", "results", "workers", "control", "purge", "fencing"}
+        {"stats", "failed", "results", "workers", "control", "purge", "cancel", "fencing"}
     )
     shield_claims = False  # a claim never waits: it cannot be cancelled half-way
 
@@ -238,6 +239,15 @@ class MemoryDriver(BaseDriver):
             if entry["queue"] in out:
                 out[entry["queue"]]["failed"] += 1
         return out
+
+    async def cancel(self, queue: str, message_id: str) -> bool:
+        validate_queue_name(queue)
+        self._run_timers(time.monotonic())  # an expired lease waits again
+        msg = self._s.messages.get(message_id)
+        if msg is None or msg.queue != queue or msg.state == "leased":
+            return False
+        del self._s.messages[message_id]  # its ready entry and timer are skipped as stale
+        return True
 
     async def purge(self, queue: str) -> int:
         doomed = [m.id for m in self._s.messages.values() if m.queue == queue]

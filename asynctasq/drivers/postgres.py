@@ -113,7 +113,7 @@ class PostgresDriver(BaseDriver):
 
     name = "postgres"
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"stats", "failed", "results", "workers", "control", "purge", "migrations", "fencing"}
+        {"stats", "failed", "results", "workers", "control", "purge", "cancel", "migrations", "fencing"}
     )
     shield_claims = False  # a cancelled claim gives back by its token (_fetch_claim)
 
@@ -542,6 +542,14 @@ class PostgresDriver(BaseDriver):
         validate_queue_name(queue)
         return _count(await self._db("purge", lambda p: p.execute(self._sql.purge, queue)))
 
+    async def cancel(self, queue: str, message_id: str) -> bool:
+        validate_queue_name(queue)
+        ids = int_ids([message_id])
+        if not ids:
+            return False
+        sql = self._sql.cancel
+        return _count(await self._db("cancel", lambda p: p.execute(sql, ids[0], queue))) == 1
+
     async def failed_list(self, queue: str | None = None, limit: int = 100) -> list[FailedEntry]:
         rows = await self._db("failed list", lambda p: p.fetch(self._sql.failed_list, queue, limit))
         return [FailedEntry(id=str(r[0]), queue=r[1], body=r[2], error=r[3], failed_at=r[4]) for r in rows]
@@ -802,6 +810,9 @@ class _Statements:
             ) s ON true
         """
         self.purge = f"DELETE FROM {t} WHERE queue = $1"
+        self.cancel = (
+            f"DELETE FROM {t} WHERE id = $1 AND queue = $2 AND (lease_token IS NULL OR visible_at <= now())"
+        )
         where_failed = "($1::bigint[] IS NULL OR id = ANY($1)) AND ($2::text IS NULL OR queue = $2)"
         self.failed_list = f"""
             SELECT id, queue, body, error, extract(epoch FROM failed_at)::float8 FROM {failed}

@@ -99,7 +99,9 @@ HINT = "start Redis there or point --redis-url / ASYNCTASQ_REDIS_URL at a runnin
 class _QueueKeys:
     """The keys of one queue, grouped as each script takes them."""
 
-    __slots__ = ("ack", "claim", "enqueue", "extend", "fail", "failed_keys", "ready", "requeue", "wake")
+    __slots__ = (
+        "ack", "cancel", "claim", "enqueue", "extend", "fail", "failed_keys", "ready", "requeue", "wake"
+    )  # fmt: skip
 
     def __init__(self, prefix: str, queue: str) -> None:
         tag = f"{{{prefix}:{queue}}}"
@@ -110,6 +112,7 @@ class _QueueKeys:
         self.failed_keys = (f"{tag}:failed", f"{tag}:failed:error", f"{tag}:failed:at")
         self.claim = (ready, delayed, leased, body, count, token, wake)
         """Also the keys of release and purge."""
+        self.cancel = (ready, delayed, leased, body, count, token)
         self.enqueue = (ready, delayed, body, wake)
         self.ack = (leased, body, count, token)
         self.extend = (leased, token)
@@ -190,7 +193,7 @@ class RedisDriver(BaseDriver):
     signals_persist = True  # the wake lists keep a signal until a consumer BLPOPs it
     shield_claims = False  # a cancelled claim gives back what it leased (_claim's orphan)
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"stats", "failed", "results", "workers", "control", "purge", "fencing"}
+        {"stats", "failed", "results", "workers", "control", "purge", "cancel", "fencing"}
     )
 
     def __init__(
@@ -523,6 +526,9 @@ class RedisDriver(BaseDriver):
 
     async def purge(self, queue: str) -> int:
         return int(await self._one(lua.command(lua.PURGE, self._keys(queue).claim, ())))
+
+    async def cancel(self, queue: str, message_id: str) -> bool:
+        return bool(await self._one(lua.command(lua.CANCEL, self._keys(queue).cancel, (message_id,))))
 
     async def _queues_for(self, queue: str | None) -> list[str]:
         if queue is not None:

@@ -186,7 +186,7 @@ class SQLiteDriver(BaseDriver):
 
     name = "sqlite"
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"stats", "failed", "results", "workers", "control", "purge", "fencing"}
+        {"stats", "failed", "results", "workers", "control", "purge", "cancel", "fencing"}
     )
     shield_claims = False  # a cancelled claim gives back by its token (_claim)
 
@@ -666,6 +666,21 @@ class SQLiteDriver(BaseDriver):
             return (await conn.execute("DELETE FROM tasks WHERE queue = ?", (queue,))).rowcount
 
         return await self._run(op)
+
+    async def cancel(self, queue: str, message_id: str) -> bool:
+        validate_queue_name(queue)
+        ids = int_ids([message_id])
+        if not ids:
+            return False
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(
+                "DELETE FROM tasks WHERE id = ? AND queue = ? AND (token IS NULL OR due <= ?)",
+                (ids[0], queue, time.time()),
+            )
+            return cursor.rowcount
+
+        return await self._run(op) == 1
 
     # -- failed registry -------------------------------------------------------------------
 

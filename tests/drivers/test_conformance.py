@@ -295,6 +295,33 @@ async def test_stats(driver: BaseDriver, queue: str) -> None:
     await driver.ack(got)
 
 
+async def test_cancel_removes_only_waiting_messages(driver_factory: MakeDriver, queue: str) -> None:
+    driver = await driver_factory(lease_seconds=LEASE_S)
+    if not driver.supports("cancel"):
+        with pytest.raises(UnsupportedOperation, match="cancel"):
+            await driver.cancel(queue, "1")
+        return
+    items = [EnqueueItem(queue, b"ready"), EnqueueItem(queue, b"delayed", 30)]
+    items += [EnqueueItem(queue, b"held"), EnqueueItem(queue, b"expiring")]
+    ready, delayed, held, expiring = await driver.enqueue_many(items)
+    assert await driver.cancel(queue, ready) is True
+    assert await driver.cancel(queue, ready) is False, "a message is cancelled once"
+    assert await driver.cancel(queue, delayed) is True
+    assert await driver.cancel("other-" + queue, held) is False, "the id belongs to another queue"
+    got = await take(driver, [queue], 2)
+    assert [d.body for d in got] == [b"held", b"expiring"]
+    assert await driver.cancel(queue, held) is False, "a leased message runs on"
+    assert len(await driver.ack([got[0]])) == 1
+    assert await driver.cancel(queue, held) is False, "a finished message is gone"
+    # a message whose lease expired waits again: it can be cancelled
+    await wait_for(lambda: driver.cancel(queue, expiring), timeout=LEASE_S + 10)
+    assert await driver.dequeue([queue], 10, wait=LEASE_S * 1.5) == []
+    assert len(await driver.ack([got[1]])) == 0
+    assert await driver.cancel(queue, "999999999") is False
+    with pytest.raises(InvalidQueueName):
+        await driver.cancel("bad queue;", ready)
+
+
 async def test_purge(driver: BaseDriver, queue: str) -> None:
     if not driver.supports("purge"):
         with pytest.raises(UnsupportedOperation, match="purg"):
