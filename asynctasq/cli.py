@@ -6,7 +6,6 @@ import functools
 import importlib
 import inspect
 import json
-import logging
 import os
 import sys
 import time
@@ -43,6 +42,8 @@ def _option(setting: SettingInfo) -> inspect.Parameter:
         decl = [f"--{setting.flag}/--no-{setting.flag}"]
     else:
         decl = [f"--{setting.flag}"]
+    if setting.name == "config_file":
+        decl.append("-c")  # RQ's spelling: worker -c settings
     option = typer.Option(*decl, help=help_text, show_default=False, rich_help_panel=_PANELS[setting.group])
     return inspect.Parameter(
         setting.name,
@@ -88,12 +89,31 @@ def _config(flags: dict[str, Any]) -> Config:
         raise _fail(str(exc), 2) from None
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+def _setup_logging(config: Config) -> None:
+    from asynctasq.utils.logs import setup_logging
+
+    try:
+        setup_logging(config)
+    except (ValueError, TypeError, AttributeError, ImportError) as exc:  # a bad DICT_CONFIG
+        raise _fail(f"cannot configure logging from {config.config_file}: {exc}", 2) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"asynctasq {version('asynctasq')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True),
+    ] = False,
+) -> None:
+    """asynctasq: run workers, dispatch tasks and inspect queues."""
 
 
 def _import_tasks(config: Config) -> None:
@@ -170,7 +190,7 @@ def worker(
     if queue_names:
         flags["queues"] = [q for name in queue_names for q in name.split(",") if q]
     config = _config(flags)
-    _setup_logging(config.log_level)
+    _setup_logging(config)
     task_context = None
     if app_spec:
         from asynctasq.integrations import load_app_worker
@@ -183,12 +203,26 @@ def worker(
             raise _fail(str(exc), 2) from None
     _import_tasks(config)
 
-    async def main(driver: Any) -> None:
-        from asynctasq.core.worker import Worker
+    worker_class = _worker_class(config)
 
-        await Worker.from_config(driver, config, task_context=task_context).start()
+    async def main(driver: Any) -> None:
+        await worker_class.from_config(driver, config, task_context=task_context).start()
 
     _run(_with_driver(config, main))
+
+
+def _worker_class(config: Config) -> Any:
+    from asynctasq.core.worker import Worker, import_object
+
+    if config.worker_class is None:
+        return Worker
+    try:
+        found = import_object(config.worker_class, "worker_class")
+    except AsyncTasQError as exc:
+        raise _fail(str(exc), 2) from None
+    if not (isinstance(found, type) and issubclass(found, Worker)):
+        raise _fail(f"--worker-class {config.worker_class}: not a subclass of asynctasq.Worker", 2)
+    return found
 
 
 def _supervise(command: str, own_options: tuple[str, ...], processes: int, flags: dict[str, Any]) -> None:
@@ -196,7 +230,7 @@ def _supervise(command: str, own_options: tuple[str, ...], processes: int, flags
     from asynctasq.core.supervisor import Supervisor
 
     config = _config(flags)  # fail fast on bad settings, before any child starts
-    _setup_logging(config.log_level)
+    _setup_logging(config)
     argv = sys.argv[sys.argv.index(command) + 1 :]
     child_args, skip = [], False
     for arg in argv:
@@ -220,7 +254,7 @@ def worker_pool(
     """
     from asynctasq.core.supervisor import Supervisor
 
-    _setup_logging("INFO")
+    _setup_logging(_config({}))
     raise typer.Exit(Supervisor(list(ctx.args), num_workers).run())
 
 
@@ -371,7 +405,7 @@ def stop_task(
 def migrate(*, flags: dict[str, Any]) -> None:
     """Create or upgrade the broker's schema (SQL drivers)."""
     config = _config(flags)
-    _setup_logging("INFO")
+    _setup_logging(_config({}))
 
     from asynctasq.core.driver_factory import DriverFactory
 

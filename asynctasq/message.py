@@ -68,11 +68,23 @@ class Envelope:
         return body if signer is None else signer.sign(body)
 
     @classmethod
-    def decode(cls, data: bytes, *, accept_pickle: bool = False) -> Envelope:
-        """Decode a message; a signed one is decoded unverified (a worker verifies first)."""
+    def decode(
+        cls, data: bytes, *, accept_pickle: bool = False, serializer: BaseSerializer | None = None
+    ) -> Envelope:
+        """Decode a message; a signed one is decoded unverified (a worker verifies first).
+        ``serializer``: a custom one that writes these messages (the built-in formats are
+        recognised by their first byte)."""
         if data[:1] == _SIGNED_FIRST:
             data = strip_signature(data)
-        raw = loads_any(data, accept_pickle=accept_pickle)
+        if serializer is None:
+            raw = loads_any(data, accept_pickle=accept_pickle)
+        else:
+            try:
+                raw = serializer.loads(data)
+            except Exception as exc:  # noqa: BLE001 - the user's serializer: any error is "cannot decode"
+                raise SerializationError(
+                    f"the {serializer.name} serializer cannot decode it: {exc}"
+                ) from None
         if not isinstance(raw, dict) or "task" not in raw or "v" not in raw:
             raise SerializationError(f"not an asynctasq message: {_preview(data)}")
         version = raw["v"]

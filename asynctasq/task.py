@@ -327,7 +327,11 @@ async def result(task_id: str, timeout: float = 30.0, driver: BaseDriver | None 
     raw = await d.get_result(task_id, wait=timeout)
     if raw is None:
         raise ResultTimeout(f"no result for task {task_id} within {timeout}s")
-    record = loads_any(raw)
+    from asynctasq.config import get_config
+    from asynctasq.serializers import is_custom
+
+    name = get_config().serializer
+    record = get_serializer(name).loads(raw) if is_custom(name) else loads_any(raw)
     if record.get("status") == "ok":
         return record.get("value")
     raise TaskFailed(task_id, str(record.get("error", "failed")))

@@ -73,6 +73,14 @@ def _worker_main(args: argparse.Namespace) -> None:
     """Child: run one worker until it took --n tasks, then print the timings as JSON."""
     from asynctasq.utils.loop import run
 
+    log_file = os.environ.get("ASYNCTASQ_BENCH_TASK_LOG")
+    if log_file:  # the CLI's logging, one INFO line per task, into this file
+        from asynctasq.config import Config
+        from asynctasq.utils.logs import setup_logging
+
+        sys.stderr = open(log_file, "a")  # noqa: SIM115 - the child's stderr until it exits
+        setup_logging(Config())
+
     run(_work(args.queue, args.n, args.concurrency, announce=True))
     print(json.dumps(_timings()), flush=True)
 

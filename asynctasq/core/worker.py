@@ -45,7 +45,7 @@ from asynctasq.constants import (
     DEFAULT_SERIALIZER,
     DEFAULT_SHUTDOWN_TIMEOUT_S,
 )
-from asynctasq.context import _current, info_of
+from asynctasq.context import TaskInfo, _current, info_of
 from asynctasq.drivers.base import BaseDriver, Delivery, WorkerInfo, validate_queue_name
 from asynctasq.errors import (
     ConfigError,
@@ -59,15 +59,17 @@ from asynctasq.errors import (
 from asynctasq.message import Envelope
 from asynctasq.registry import TaskDefinition, TaskRegistry
 from asynctasq.registry import registry as default_registry
-from asynctasq.serializers import BaseSerializer, get_serializer
+from asynctasq.serializers import BUILTIN_SERIALIZERS, BaseSerializer, get_serializer
 from asynctasq.signing import Signer, strip_signature
 from asynctasq.utils import systemd
+from asynctasq.utils.logs import TaskLine, TaskLineSink, task_line_sink
 
 if TYPE_CHECKING:
     from asynctasq.config import Config
     from asynctasq.process_pool import ProcessPool
 
 log = logging.getLogger("asynctasq.worker")
+_task_log = logging.getLogger("asynctasq.tasks")  # one INFO line per task
 
 FETCH_WAIT_S = 0.5
 """Longest blocking dequeue; bounds how long a stop waits for an outstanding fetch."""
@@ -80,6 +82,8 @@ comes back sees work resume within a second."""
 TaskContextFactory = Callable[[Envelope], AbstractAsyncContextManager[Any]]
 """Called for every task with its envelope; the task runs inside the returned context."""
 Hook = Callable[["Worker"], Awaitable[Any] | Any]
+ExceptionHandler = Callable[[TaskInfo, BaseException, int], Awaitable[bool | None] | bool | None]
+"""``handler(task, exc, attempt)``: called in order when a task raises; False stops the chain."""
 """``async def hook(worker)`` (a plain function works too): run once when the worker starts or
 after it stopped."""
 
@@ -163,6 +167,9 @@ class Worker:
         process_pool_max_memory_per_child_mb: float | None = None,
         signing_key: str | None = None,
         signing_old_keys: Sequence[str] = (),
+        task_description_logging: bool = True,
+        exception_handlers: Sequence[ExceptionHandler | str] = (),
+        default_exception_handler: bool = True,
     ) -> None:
         if isinstance(queues, str):
             queues = [q for q in queues.split(",") if q]
@@ -183,6 +190,9 @@ class Worker:
         self.concurrency = concurrency
         self.max_tasks = max_tasks
         self.serializer = get_serializer(serializer) if isinstance(serializer, str) else serializer
+        self._custom_serializer = (
+            None if self.serializer.name in BUILTIN_SERIALIZERS else self.serializer
+        )  # its messages are read with it, the built-in formats by their first byte
         self.name = name or worker_id or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self.heartbeat_interval = heartbeat_interval
         self.burst = burst
@@ -195,6 +205,19 @@ class Worker:
         self._signer = Signer.from_settings(signing_key, signing_old_keys)
         self.task_context = task_context
         self.task_registry = task_registry or default_registry
+        self.task_description_logging = task_description_logging
+        self._log_tasks = False  # set at start(): the INFO line only costs when someone listens
+        self._task_sink: TaskLineSink | None = None
+        self._task_lines: list[TaskLine] | None = None
+        self.exception_handlers: list[ExceptionHandler] = [
+            import_object(h, "exception_handler") if isinstance(h, str) else h for h in exception_handlers
+        ]
+        for handler in self.exception_handlers:
+            if not callable(handler):
+                raise ConfigError(
+                    f"exception handler {handler!r} is not callable: give handler(task, exc, attempt)"
+                )
+        self.default_exception_handler = default_exception_handler
         self.on_startup = _hooks(on_startup, "on_startup")
         self.on_shutdown = _hooks(on_shutdown, "on_shutdown")
         self.install_signal_handlers = install_signal_handlers
@@ -260,6 +283,9 @@ class Worker:
             on_shutdown=config.on_shutdown,
             imports=config.imports,
             sys_path=config.path,
+            task_description_logging=not config.disable_task_description_logging,
+            exception_handlers=config.exception_handlers,
+            default_exception_handler=not config.disable_default_exception_handler,
         )
         if "worker_id" in overrides:  # the other spelling of name
             settings["name"] = overrides.pop("worker_id")
@@ -301,6 +327,9 @@ class Worker:
         """Run until SIGTERM/SIGINT, :meth:`stop`, the end of a burst, ``max_tasks`` or idleness."""
         loop = asyncio.get_running_loop()
         self.started_at = time.time()
+        self._log_tasks = self.task_description_logging and _task_log.isEnabledFor(logging.INFO)
+        self._task_sink = task_line_sink() if self._log_tasks else None
+        self._task_lines = [] if self._task_sink is not None else None
         self.state = "starting"
         installed = self._install_signals(loop)
         started = False
@@ -330,6 +359,7 @@ class Worker:
             await self._drain()
         finally:
             try:
+                self._write_task_lines()
                 await self._shutdown_background()
                 if started:
                     for hook in self.on_shutdown:
@@ -530,10 +560,13 @@ class Worker:
     async def _run(self, running: _Running) -> None:
         delivery = running.delivery
         started = time.monotonic()
+        outcome = "failed"
         try:
             try:
                 body = delivery.body if self._signer is None else self._signer.verify(delivery.body)
-                env = Envelope.decode(body, accept_pickle=self.accept_pickle)
+                env = Envelope.decode(
+                    body, accept_pickle=self.accept_pickle, serializer=self._custom_serializer
+                )
             except SerializationError as exc:
                 log.error("message %s on %s cannot be decoded: %s", delivery.id, delivery.queue, exc)
                 await self._fail(delivery, None, f"SerializationError: {exc}")
@@ -576,19 +609,22 @@ class Worker:
                 if running.reason == _STOPPED:
                     await self._fail(delivery, env, "stopped: " + _STOPPED)
                 else:
+                    outcome = "given back"
                     await self._give_back([delivery])
                 return
             except Retry as exc:
-                await self._retry(delivery, env, attempt, exc, exc.delay)
+                outcome = await self._retry(delivery, env, attempt, exc, exc.delay)
                 return
             except Exception as exc:  # noqa: BLE001 - the task's own failure, recorded
-                await self._retry(delivery, env, attempt, exc, None)
+                outcome = await self._retry(delivery, env, attempt, exc, None)
                 return
             if self._debug:
                 log.debug("task %s %s succeeded in %.4fs", env.task, env.id, time.monotonic() - started)
             if delivery not in self._held:
                 self.lost += 1  # its lease went to another worker, which runs it again
+                outcome = "lost"
                 return
+            outcome = "ok"
             if self._store_results:
                 self._results.append((env.id, self._encode_result({"status": "ok", "value": value})))
             self._acks.append(delivery)
@@ -603,7 +639,29 @@ class Worker:
             self._let_go((delivery,))
         finally:
             self.processed += 1
-            self.working_time_s += time.monotonic() - started
+            took = time.monotonic() - started
+            self.working_time_s += took
+            if self._log_tasks and running.envelope is not None:
+                env = running.envelope
+                if self._task_lines is not None:  # batched: written at the next ack flush
+                    self._task_lines.append((time.time(), env.queue, env.task, env.id, outcome, took))
+                    self._flush_wanted.set()
+                else:
+                    _task_log.info(
+                        "%s: %s (%s) %s in %.3fs",
+                        env.queue,
+                        env.task,
+                        env.id,
+                        outcome,
+                        took,
+                        extra={
+                            "task": env.task,
+                            "task_id": env.id,
+                            "queue": env.queue,
+                            "outcome": outcome,
+                            "duration_s": round(took, 6),
+                        },
+                    )
             del self._running[delivery]
             self._slot_freed.set()
 
@@ -646,42 +704,65 @@ class Worker:
 
     async def _retry(
         self, delivery: Delivery, env: Envelope, attempt: int, exc: BaseException, delay: float | None
-    ) -> None:
+    ) -> str:
+        """Retry or fail the task that raised ``exc``; return the outcome for its log line."""
+        log_it = await self._handle_exception(env, exc, attempt)
         error = _describe(exc)
         if attempt >= env.max_attempts:
-            log.error(
-                "task %s %s failed on attempt %d/%d: %s",
+            if log_it:
+                log.error(
+                    "task %s %s failed on attempt %d/%d: %s",
+                    env.task,
+                    env.id,
+                    attempt,
+                    env.max_attempts,
+                    error.splitlines()[0] if error else exc,
+                )
+            await self._fail(delivery, env, error)
+            return "failed"
+        if not self._let_go((delivery,)):
+            self.lost += 1
+            return "lost"
+        delay = self._backoff(env, attempt) if delay is None else max(0.0, delay)
+        env.attempt = attempt + 1
+        if log_it:
+            log.warning(
+                "task %s %s failed on attempt %d/%d (%s); retrying in %.2fs",
                 env.task,
                 env.id,
                 attempt,
                 env.max_attempts,
-                error.splitlines()[0] if error else exc,
+                type(exc).__name__,
+                delay,
             )
-            await self._fail(delivery, env, error)
-            return
-        if not self._let_go((delivery,)):
-            self.lost += 1
-            return
-        delay = self._backoff(env, attempt) if delay is None else max(0.0, delay)
-        env.attempt = attempt + 1
-        log.warning(
-            "task %s %s failed on attempt %d/%d (%s); retrying in %.2fs",
-            env.task,
-            env.id,
-            attempt,
-            env.max_attempts,
-            type(exc).__name__,
-            delay,
-        )
         if await self.driver.release(delivery, delay, body=self._encode_retry(env, delivery)):
             self.retried += 1
-        else:
-            self.lost += 1
-            log.warning(
-                "task %s %s: lease lost before the retry was recorded; another worker has it",
-                env.task,
-                env.id,
-            )
+            return "retried"
+        self.lost += 1
+        log.warning(
+            "task %s %s: lease lost before the retry was recorded; another worker has it",
+            env.task,
+            env.id,
+        )
+        return "lost"
+
+    async def _handle_exception(self, env: Envelope, exc: BaseException, attempt: int) -> bool:
+        """Run the exception handlers in order (``handler(task, exc, attempt)``, sync or async);
+        one returning False stops the chain. True when the default handler (the worker's own
+        log line) should run: it is the chain's last link."""
+        if self.exception_handlers:
+            task = info_of(env)
+            for handler in self.exception_handlers:
+                try:
+                    verdict = handler(task, exc, attempt)
+                    if inspect.isawaitable(verdict):
+                        verdict = await verdict
+                except Exception:  # a broken handler must not lose the task
+                    log.exception("exception handler %r failed on task %s %s", handler, env.task, env.id)
+                    continue
+                if verdict is False:
+                    return False
+        return self.default_exception_handler
 
     def _encode_retry(self, env: Envelope, delivery: Delivery) -> bytes:
         """The retried message, in this worker's format; in the one it came in when that cannot
@@ -755,6 +836,12 @@ class Worker:
                 len(acks),
             )
 
+    def _write_task_lines(self) -> None:
+        lines = self._task_lines
+        if lines and self._task_sink is not None:
+            self._task_lines = []
+            self._task_sink.write(lines)
+
     async def _flush_loop(self) -> None:
         """Ack finished tasks in batches; ends, with nothing left to flush, once closing."""
         failures = 0
@@ -776,6 +863,7 @@ class Worker:
                 await asyncio.sleep(delay)
                 self._flush_wanted.set()
                 continue
+            self._write_task_lines()
             if self._closing and not (self._acks or self._results):
                 return
 
@@ -919,19 +1007,27 @@ async def _call_hook(hook: Hook, worker: Worker) -> None:
 
 
 def _import_hook(path: str, setting: str) -> Hook:
-    module_name, _, attribute = path.partition(":")
+    return import_object(path, setting)  # type: ignore[no-any-return]
+
+
+def import_object(path: str, setting: str) -> Any:
+    """The object at ``module:attribute`` or ``module.attribute`` (RQ's spelling)."""
+    if ":" in path:
+        module_name, _, attribute = path.partition(":")
+    else:
+        module_name, _, attribute = path.rpartition(".")
     if not module_name or not attribute:
-        raise ConfigError(f"{setting}={path!r}: use module:function, e.g. myapp.hooks:open_pool")
+        raise ConfigError(f"{setting}={path!r}: use module:name or module.name, e.g. myapp.hooks:open_pool")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(
             f"{setting}={path!r}: cannot import {module_name!r} ({exc}); check --path"
         ) from None
-    hook = getattr(module, attribute, None)
-    if hook is None:
+    found = getattr(module, attribute, None)
+    if found is None:
         raise ConfigError(f"{setting}={path!r}: module {module_name!r} has no {attribute!r}")
-    return hook  # type: ignore[no-any-return]
+    return found
 
 
 def _describe(exc: BaseException) -> str:

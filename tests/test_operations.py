@@ -1,0 +1,244 @@
+"""RQ's worker options, run as users run them (worker subprocesses on SQLite): config files and
+their precedence, logging, exception handlers, worker classes, serializers, CLI conventions."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from asynctasq import Config
+from asynctasq.errors import ConfigError
+from tests.test_cli import cli
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "ASYNCTASQ_SQLITE_PATH": str(tmp_path / "ops.db"),
+        "ASYNCTASQ_TEST_MARKS": str(tmp_path / "marks"),
+    }
+
+
+def marks(env: dict[str, str]) -> list[str]:
+    path = Path(env["ASYNCTASQ_TEST_MARKS"])
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def dispatch(env: dict[str, str], task: str, *args: str) -> None:
+    out = cli("dispatch", task, "--import", "tests.cli_tasks", *args, env=env)
+    assert out.returncode == 0, out.stderr
+
+
+# -- config files ------------------------------------------------------------------------------
+
+
+def test_a_settings_module_configures_the_worker_and_flags_beat_it(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = tmp_path / "settings.py"
+    settings.write_text(
+        textwrap.dedent(
+            f"""
+            import os  # a module's imports and lower-case names are not settings
+            helper = "ignored"
+            QUEUES = ["high", "low"]
+            NAME = "from-file"
+            IMPORT = ["tests.cli_tasks"]
+            SQLITE_PATH = {env["ASYNCTASQ_SQLITE_PATH"]!r}
+            DISABLE_TASK_DESCRIPTION_LOGGING = False
+            """
+        )
+    )
+    dispatch(env, "tests.cli_tasks.mark", "--args", '["on-low", 0]', "--queue", "low")
+    dispatch(env, "tests.cli_tasks.mark", "--args", '["on-default", 0]')
+    # the environment names another queue and worker: the file beats it
+    file_env = {**env, "ASYNCTASQ_QUEUES": "default", "ASYNCTASQ_NAME": "from-env"}
+    out = cli("worker", "-c", str(settings), "--burst", env=file_env)
+    assert out.returncode == 0, out.stderr
+    assert "worker from-file listening on high, low" in out.stderr
+    assert marks(env) == ["on-low"]
+    out = cli(
+        "worker", "--config", str(settings), "--burst", "--queues", "default", "--name", "flag", env=file_env
+    )
+    assert out.returncode == 0, out.stderr
+    assert "worker flag listening on default" in out.stderr  # flags beat the file
+    assert marks(env) == ["on-low", "on-default"]
+
+
+def test_rq_settings_module_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seed's settings.py: REDIS_URL alone means Redis; DICT_CONFIG and SENTRY_DSN are read."""
+    (tmp_path / "rqsettings.py").write_text(
+        textwrap.dedent(
+            """
+            REDIS_URL = 'redis://localhost:6379/1'
+            QUEUES = ['high', 'default', 'low']
+            SENTRY_DSN = 'https://public@sentry.example.com/1'
+            NAME = 'worker-1024'
+            DICT_CONFIG = {
+                'version': 1,
+                'disable_existing_loggers': False,
+                'root': {'level': 'INFO'},
+            }
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ASYNCTASQ_DRIVER", raising=False)
+    config = Config(config_file="rqsettings")
+    assert (config.driver, config.redis_url, config.queues) == (
+        "redis",
+        "redis://localhost:6379/1",
+        ["high", "default", "low"],
+    )
+    assert (config.worker_name, config.sentry_dsn) == ("worker-1024", "https://public@sentry.example.com/1")
+    assert config.dict_config is not None and config.dict_config["version"] == 1
+    assert "public@" not in repr(config)
+    monkeypatch.setenv("ASYNCTASQ_DRIVER", "postgres")  # the environment's driver is not overridden
+    assert Config(config_file="rqsettings").driver == "postgres"
+    (tmp_path / "hostport.py").write_text("REDIS_HOST = 'cache'\nREDIS_PORT = 6380\nREDIS_DB = 3\n")
+    monkeypatch.delenv("ASYNCTASQ_DRIVER")
+    config = Config(config_file=str(tmp_path / "hostport.py"))
+    assert (config.driver, config.redis_url, config.redis_db) == ("redis", "redis://cache:6380", 3)
+
+
+def test_toml_files_and_pyproject(tmp_path: Path) -> None:
+    (tmp_path / "asynctasq.toml").write_text('queues = ["a", "b"]\nconcurrency = 7\n')
+    assert Config(config_file=str(tmp_path / "asynctasq.toml"), _environ={}).queues == ["a", "b"]
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n\n[tool.asynctasq]\nconcurrency = 3\ndriver = "redis"\n'
+    )
+    config = Config(config_file=str(tmp_path / "pyproject.toml"), _environ={"ASYNCTASQ_CONCURRENCY": "9"})
+    assert (config.concurrency, config.driver) == (3, "redis")  # the file beats the environment
+    assert Config(config_file=str(tmp_path / "pyproject.toml"), concurrency=5).concurrency == 5
+
+
+def test_bad_config_files_say_what_is_wrong(tmp_path: Path, env: dict[str, str]) -> None:
+    (tmp_path / "typo.toml").write_text("concurency = 3\n")
+    with pytest.raises(ConfigError, match="unknown setting 'concurency'; did you mean 'concurrency'"):
+        Config(config_file=str(tmp_path / "typo.toml"))
+    (tmp_path / "badvalue.py").write_text("CONCURRENCY = 'many'\n")
+    with pytest.raises(ConfigError, match=r"badvalue\.py: CONCURRENCY='many' is not a valid int"):
+        Config(config_file=str(tmp_path / "badvalue.py"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        Config(config_file=str(tmp_path / "missing.toml"))
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    with pytest.raises(ConfigError, match=r"no \[tool.asynctasq\] table"):
+        Config(config_file=str(tmp_path / "pyproject.toml"))
+    out = cli("worker", "-c", "no_such_settings_module", "--burst", env=env)
+    assert out.returncode == 2 and "config module 'no_such_settings_module' not found" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+# -- logging -----------------------------------------------------------------------------------
+
+
+def test_one_line_per_task_plain_json_and_off(env: dict[str, str]) -> None:
+    dispatch(env, "tests.cli_tasks.add", "--args", "[1, 2]")
+    dispatch(env, "tests.cli_tasks.explode", "--kwargs", '{"message": "boom"}')
+    out = cli(
+        "worker",
+        "--burst",
+        "--import",
+        "tests.cli_tasks",
+        "--log-format",
+        "%(levelname)s|%(message)s",
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("INFO|default: tests.cli_tasks.")]
+    assert len(lines) == 2, out.stderr
+    assert lines[0].startswith("INFO|default: tests.cli_tasks.add (") and " ok in " in lines[0]
+    assert " failed in " in lines[1]
+    dispatch(env, "tests.cli_tasks.add", "--args", "[3, 4]")
+    out = cli("worker", "--burst", "--import", "tests.cli_tasks", "--json-logs", env=env)
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stderr.splitlines()]
+    [task_line] = [r for r in records if r.get("logger") == "asynctasq.tasks"]
+    assert task_line["task"] == "tests.cli_tasks.add" and task_line["outcome"] == "ok"
+    assert (
+        task_line["queue"] == "default" and len(task_line["task_id"]) == 32 and task_line["duration_s"] >= 0
+    )
+    assert task_line["level"] == "INFO" and task_line["time"].endswith("Z")
+    dispatch(env, "tests.cli_tasks.add", "--args", "[7, 8]")  # a field only a LogRecord has
+    out = cli(
+        "worker", "--burst", "--import", "tests.cli_tasks", "--log-format", "%(process)d:%(message)s", env=env
+    )
+    assert out.returncode == 0 and any(
+        line.split(":", 1)[0].isdigit() and "tests.cli_tasks.add (" in line
+        for line in out.stderr.splitlines()
+    ), out.stderr
+    dispatch(env, "tests.cli_tasks.add", "--args", "[5, 6]")
+    out = cli(
+        "worker", "--burst", "--import", "tests.cli_tasks", "--disable-task-description-logging", env=env
+    )
+    assert out.returncode == 0 and "add 5+6=11" in out.stdout
+    assert "default: tests.cli_tasks.add" not in out.stderr
+
+
+# -- extension points --------------------------------------------------------------------------
+
+
+def test_exception_handlers_run_in_order_and_false_stops_the_chain(env: dict[str, str]) -> None:
+    dispatch(env, "tests.cli_tasks.explode", "--kwargs", '{"message": "kaboom"}')
+    out = cli(
+        "worker", "--burst", "--import", "tests.cli_tasks",
+        "--exception-handler", "tests.ops_helpers.first_handler",
+        "--exception-handler", "tests.ops_helpers:stopping_handler",
+        "--exception-handler", "tests.ops_helpers.never_handler",
+        env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert marks(env) == [
+        "first tests.cli_tasks.explode RuntimeError: kaboom attempt 1",
+        "stopping default attempt 1",
+    ]
+    assert "failed on attempt 1/1" not in out.stderr  # the default handler is the chain's last link
+    assert "default: tests.cli_tasks.explode" in out.stderr and " failed in " in out.stderr
+    out = cli("failed", "list", env=env)
+    assert "RuntimeError: kaboom" in out.stdout  # the failed registry got it all the same
+    dispatch(env, "tests.cli_tasks.explode", "--kwargs", '{"message": "again"}')
+    out = cli(
+        "worker", "--burst", "--import", "tests.cli_tasks", "--disable-default-exception-handler", env=env
+    )
+    assert out.returncode == 0 and "failed on attempt" not in out.stderr
+    out = cli("worker", "--burst", "--exception-handler", "tests.ops_helpers.nope", env=env)
+    assert out.returncode != 0 and "has no 'nope'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_worker_class_and_custom_serializer(env: dict[str, str]) -> None:
+    serializer = ["--serializer", "tests.ops_helpers.ReversedJson"]
+    dispatch(env, "tests.cli_tasks.add", "--args", "[20, 22]", *serializer)
+    out = cli(
+        "worker",
+        "--burst",
+        "--import",
+        "tests.cli_tasks",
+        "--worker-class",
+        "tests.ops_helpers.NamedWorker",
+        *serializer,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "add 20+22=42" in out.stdout and marks(env) == ["subclass NamedWorker starts"]
+    out = cli("worker", "--burst", "--worker-class", "asynctasq.Config", env=env)
+    assert out.returncode == 2 and "not a subclass of asynctasq.Worker" in out.stderr
+    dispatch(env, "tests.cli_tasks.add", "--args", "[1, 1]", *serializer)
+    out = cli("worker", "--burst", "--import", "tests.cli_tasks", env=env)  # the built-in readers cannot
+    assert out.returncode == 0 and "cannot be decoded" in out.stderr
+
+
+# -- CLI conventions ---------------------------------------------------------------------------
+
+
+def test_version_log_level_case_and_rq_strategy_name(env: dict[str, str]) -> None:
+    from importlib.metadata import version
+
+    out = cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"asynctasq {version('asynctasq')}"
+    out = cli("worker", "--burst", "--log-level", "warning", "--dequeue-strategy", "default", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "listening on" not in out.stderr  # INFO is below warning
+    assert Config(dequeue_strategy="default").dequeue_strategy == "priority"
