@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from asynctasq import Worker
+from asynctasq import Worker, task
 from asynctasq.context import TaskInfo
 
 
@@ -47,3 +47,8 @@ class ReversedJson:
 
     def loads(self, data: bytes) -> Any:
         return json.loads(data[::-1])
+
+
+@task(max_attempts=2, retry_after=0.05)
+async def always_fails(what: str) -> None:
+    raise ValueError(f"{what} went wrong")

@@ -3,9 +3,11 @@ their precedence, logging, exception handlers, worker classes, serializers, CLI 
 
 from __future__ import annotations
 
+import gzip
 import json
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -242,3 +244,88 @@ def test_version_log_level_case_and_rq_strategy_name(env: dict[str, str]) -> Non
     assert out.returncode == 0, out.stderr
     assert "listening on" not in out.stderr  # INFO is below warning
     assert Config(dequeue_strategy="default").dequeue_strategy == "priority"
+
+
+# -- error reporting ---------------------------------------------------------------------------
+
+
+class _SentryServer:
+    """A loopback HTTP server standing in for Sentry: it keeps the events it is sent."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.events: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                lines = body.split(b"\n")
+                for header, payload in zip(lines[1::2], lines[2::2], strict=False):
+                    if json.loads(header).get("type") == "event":
+                        outer.events.append(json.loads(payload))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_sentry_gets_each_final_failure_once_with_retries_as_breadcrumbs(env: dict[str, str]) -> None:
+    pytest.importorskip("sentry_sdk")
+    sentry = _SentryServer()
+    try:
+        out = cli(
+            "dispatch",
+            "tests.ops_helpers.always_fails",
+            "--import",
+            "tests.ops_helpers",
+            "--args",
+            '["the report"]',
+            env=env,
+        )
+        assert out.returncode == 0, out.stderr
+        dsn = f"http://publickey@127.0.0.1:{sentry.port}/1"
+        out = cli("worker", "--max-tasks", "2", "--import", "tests.ops_helpers", "--sentry-dsn", dsn, env=env)
+        assert out.returncode == 0, out.stderr
+        assert "publickey" not in out.stderr
+        [event] = sentry.events  # two attempts, one event: the final failure
+        tags = event["tags"]
+        assert tags["asynctasq.task"] == "tests.ops_helpers.always_fails" and tags["asynctasq.attempt"] in (
+            2,
+            "2",
+        )
+        assert tags["asynctasq.queue"] == "default" and len(tags["asynctasq.task_id"]) == 32
+        [exc] = event["exception"]["values"]
+        assert exc["type"] == "ValueError" and exc["value"] == "the report went wrong"
+        crumbs = [b for b in event["breadcrumbs"]["values"] if b.get("category") == "asynctasq.retry"]
+        assert len(crumbs) == 1 and "attempt 1/2 failed" in crumbs[0]["message"]
+    finally:
+        sentry.close()
+
+
+def test_the_settings_module_in_the_configuration_doc_loads(tmp_path: Path) -> None:
+    from tests.test_docs import python_block_after
+
+    (tmp_path / "docsettings.py").write_text(python_block_after("configuration.md", "## Config files"))
+    config = Config(config_file=str(tmp_path / "docsettings.py"), _environ={})
+    assert (config.driver, config.queues, config.worker_name) == (
+        "redis",
+        ["high", "default", "low"],
+        "worker-1024",
+    )
+    assert config.dict_config == {"version": 1, "root": {"level": "INFO"}}

@@ -63,6 +63,7 @@ from asynctasq.serializers import BUILTIN_SERIALIZERS, BaseSerializer, get_seria
 from asynctasq.signing import Signer, strip_signature
 from asynctasq.utils import systemd
 from asynctasq.utils.logs import TaskLine, TaskLineSink, task_line_sink
+from asynctasq.utils.reporting import SentryReporter
 
 if TYPE_CHECKING:
     from asynctasq.config import Config
@@ -170,6 +171,7 @@ class Worker:
         task_description_logging: bool = True,
         exception_handlers: Sequence[ExceptionHandler | str] = (),
         default_exception_handler: bool = True,
+        sentry_dsn: str | None = None,
     ) -> None:
         if isinstance(queues, str):
             queues = [q for q in queues.split(",") if q]
@@ -218,6 +220,8 @@ class Worker:
                     f"exception handler {handler!r} is not callable: give handler(task, exc, attempt)"
                 )
         self.default_exception_handler = default_exception_handler
+        self.sentry_dsn = sentry_dsn
+        self._sentry: SentryReporter | None = None
         self.on_startup = _hooks(on_startup, "on_startup")
         self.on_shutdown = _hooks(on_shutdown, "on_shutdown")
         self.install_signal_handlers = install_signal_handlers
@@ -286,6 +290,7 @@ class Worker:
             task_description_logging=not config.disable_task_description_logging,
             exception_handlers=config.exception_handlers,
             default_exception_handler=not config.disable_default_exception_handler,
+            sentry_dsn=config.sentry_dsn,
         )
         if "worker_id" in overrides:  # the other spelling of name
             settings["name"] = overrides.pop("worker_id")
@@ -334,6 +339,8 @@ class Worker:
         installed = self._install_signals(loop)
         started = False
         try:
+            if self.sentry_dsn:
+                self._sentry = SentryReporter(self.sentry_dsn)
             await self._start_pool()
             for hook in self.on_startup:
                 await _call_hook(hook, self)
@@ -360,6 +367,8 @@ class Worker:
         finally:
             try:
                 self._write_task_lines()
+                if self._sentry is not None:
+                    self._sentry.flush()
                 await self._shutdown_background()
                 if started:
                     for hook in self.on_shutdown:
@@ -718,6 +727,8 @@ class Worker:
                     env.max_attempts,
                     error.splitlines()[0] if error else exc,
                 )
+            if self._sentry is not None:
+                self._sentry.failed(env, exc, attempt)
             await self._fail(delivery, env, error)
             return "failed"
         if not self._let_go((delivery,)):
@@ -725,6 +736,8 @@ class Worker:
             return "lost"
         delay = self._backoff(env, attempt) if delay is None else max(0.0, delay)
         env.attempt = attempt + 1
+        if self._sentry is not None:
+            self._sentry.retried(env, exc, attempt, delay)
         if log_it:
             log.warning(
                 "task %s %s failed on attempt %d/%d (%s); retrying in %.2fs",
