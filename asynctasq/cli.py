@@ -329,36 +329,119 @@ app.command(name="enqueue", help="Same as dispatch.")(dispatch)
 
 @app.command()
 @with_settings("general", "worker")
-def info(*, flags: dict[str, Any]) -> None:
-    """Show queue sizes of --queues and the registered workers."""
+def info(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document, for scripts.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes.")] = 2.0,
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Show every queue on the broker (or --queues) with its counts, and the workers."""
+    from asynctasq import ops
+
+    config = _config(flags)
+    only = config.queues if "queues" in flags else None
+
+    async def snapshot(driver: Any) -> Any:
+        return await ops.snapshot(driver, only)
+
+    if as_json:
+        typer.echo(json.dumps(_run(_with_driver(config, snapshot)).as_dict(), indent=2))
+        return
+    if not watch:
+        ops.render(_run(_with_driver(config, snapshot)))
+        return
+
+    async def watching(driver: Any) -> None:
+        await ops.watch(driver, only, interval)
+
+    try:
+        _run(_with_driver(config, watching))
+    except KeyboardInterrupt:
+        pass
+
+
+def _broadcast(flags: dict[str, Any], command: str, worker_name: str | None) -> None:
     config = _config(flags)
 
-    async def main(driver: Any) -> None:
-        try:
-            stats = await driver.stats(config.queues)
-        except UnsupportedOperation as exc:
-            typer.echo(str(exc))
-        else:
-            typer.echo(f"{'queue':<24}{'ready':>9}{'delayed':>9}{'leased':>9}{'failed':>9}")
-            for name, s in stats.items():
-                typer.echo(f"{name:<24}{s['ready']:>9}{s['delayed']:>9}{s['leased']:>9}{s['failed']:>9}")
-        try:
-            workers = await driver.list_workers()
-        except UnsupportedOperation as exc:
-            typer.echo(str(exc))
-            return
-        typer.echo(f"\n{len(workers)} worker(s)")
-        for w in workers:
-            age = time.time() - float(w.get("last_heartbeat", time.time()))
-            typer.echo(
-                f"{w.get('name')}  {w.get('state', '?')}  "
-                f"host={w.get('hostname', '?')} pid={w.get('pid', '?')} "
-                f"queues={','.join(w.get('queues', []))} ok={w.get('successful', 0)} "
-                f"failed={w.get('failed', 0)} working={w.get('working_time_s', 0)}s "
-                f"current={','.join(w.get('current_tasks', [])) or '-'} seen={age:.0f}s ago"
-            )
+    async def main(driver: Any) -> list[str]:
+        from asynctasq.ops import broadcast
 
-    _run(_with_driver(config, main))
+        return await broadcast(driver, {"command": command}, worker_name)
+
+    names = _run(_with_driver(config, main))
+    if worker_name is not None and not names:
+        raise _fail(f"no registered worker is named {worker_name!r} (see `asynctasq info`)")
+    typer.echo(f"{command} sent to {len(names)} worker(s){': ' + ', '.join(names) if names else ''}")
+
+
+_WORKER = typer.Option("--worker", help="Only this worker (default: every registered one).")
+
+
+@app.command()
+@with_settings("general", "worker")
+def suspend(
+    worker_name: Annotated[Optional[str], _WORKER] = None,  # noqa: UP045
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Workers stop taking tasks but stay up (running tasks finish); `resume` goes on."""
+    _broadcast(flags, "suspend", worker_name)
+
+
+@app.command()
+@with_settings("general", "worker")
+def resume(
+    worker_name: Annotated[Optional[str], _WORKER] = None,  # noqa: UP045
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Suspended workers take tasks again."""
+    _broadcast(flags, "resume", worker_name)
+
+
+@app.command()
+@with_settings("general", "worker")
+def health(
+    worker_name: Annotated[str, typer.Option("--worker", help="The worker's name (--name).")],
+    max_age: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            "--max-age", help="Stale after this many seconds without a heartbeat (default: 3 heartbeats)."
+        ),
+    ] = None,
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Exit 0 when the worker is registered and beating, 1 when stale or missing (for liveness probes)."""
+    from asynctasq.core.worker import Worker
+
+    config = _config(flags)
+    limit = max_age if max_age is not None else 3 * config.heartbeat_interval
+
+    async def main(driver: Any) -> Any:
+        return next((w for w in await Worker.all(driver) if w.name == worker_name), None)
+
+    found = _run(_with_driver(config, main))
+    if found is None:
+        raise _fail(f"worker {worker_name!r} is not registered (stopped, or never started)")
+    age = time.time() - found.last_heartbeat.timestamp() if found.last_heartbeat else float("inf")
+    if age > limit:
+        raise _fail(f"worker {worker_name!r} is stale: last heartbeat {age:.0f}s ago (limit {limit:.0f}s)")
+    typer.echo(f"ok: {worker_name} {found.state}, heartbeat {age:.0f}s ago")
+
+
+@app.command(name="systemd-unit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def systemd_unit(
+    ctx: typer.Context,
+    template: Annotated[
+        bool, typer.Option("--template", help="An asynctasq-worker@.service instance template.")
+    ] = False,
+) -> None:
+    """Print a Type=notify systemd unit that runs `worker` with the other arguments given."""
+    from asynctasq.ops import systemd_unit as render_unit
+
+    typer.echo(render_unit(list(ctx.args), template=template), nl=False)
 
 
 @app.command()

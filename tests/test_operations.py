@@ -329,3 +329,156 @@ def test_the_settings_module_in_the_configuration_doc_loads(tmp_path: Path) -> N
         "worker-1024",
     )
     assert config.dict_config == {"version": 1, "root": {"level": "INFO"}}
+
+
+# -- seeing and steering workers ---------------------------------------------------------------
+
+
+async def _records(env: dict[str, str]) -> list[Any]:
+    from asynctasq import Worker
+    from asynctasq.drivers.sqlite import SQLiteDriver
+
+    async with SQLiteDriver(env["ASYNCTASQ_SQLITE_PATH"]) as driver:
+        return await Worker.all(driver)
+
+
+async def _wait_record(env: dict[str, str], check: Any, timeout: float = 20) -> Any:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = await _records(env)
+        if check(records):
+            return records
+        assert time.monotonic() < deadline, f"workers never matched: {records}"
+        await asyncio.sleep(0.05)
+
+
+def _start_worker(env: dict[str, str], *args: str) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_cli import ROOT
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")} | env
+    return subprocess.Popen(
+        [sys.executable, "-m", "asynctasq", "worker", "--import", "tests.cli_tasks", *args],
+        cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+async def test_registry_from_python_suspend_resume_and_health(env: dict[str, str]) -> None:
+    import signal
+
+    from asynctasq import Worker
+    from asynctasq.drivers.sqlite import SQLiteDriver
+
+    proc = _start_worker(env, "--name", "w1", "--queues", "q", "--heartbeat-interval", "0.2")
+    try:
+        [idle] = await _wait_record(env, lambda rs: len(rs) == 1 and rs[0].state == "idle")
+        assert (idle.name, idle.queues, idle.pid, idle.current_task_ids) == ("w1", ["q"], proc.pid, [])
+        assert idle.birth_date is not None and idle.last_heartbeat is not None
+        dispatch(env, "tests.cli_tasks.mark", "--args", '["slow", 1.0]', "--queue", "q")
+        await _wait_record(env, lambda rs: rs and rs[0].state == "busy" and rs[0].current_task_ids)
+        async with SQLiteDriver(env["ASYNCTASQ_SQLITE_PATH"]) as driver:
+            assert await Worker.count(driver) == 1 and await Worker.count(driver, queue="q") == 1
+            assert await Worker.all(driver, queue="other") == []
+        out = cli("suspend", env=env)
+        assert out.returncode == 0 and "suspend sent to 1 worker(s): w1" in out.stdout
+        [suspended] = await _wait_record(env, lambda rs: rs and rs[0].state == "suspended")
+        assert suspended.successful_task_count == 1 and marks(env) == ["slow"]  # the running one finished
+        dispatch(env, "tests.cli_tasks.mark", "--args", '["after", 0]', "--queue", "q")
+        beat = suspended.last_heartbeat
+        await _wait_record(env, lambda rs: rs and rs[0].last_heartbeat > beat and rs[0].state == "suspended")
+        assert marks(env) == ["slow"]  # a heartbeat later, still not taken
+        out = cli("info", "--json", "--queues", "q", env=env)
+        assert json.loads(out.stdout)["queues"]["q"]["ready"] == 1
+        out = cli("resume", "--worker", "w1", env=env)
+        assert out.returncode == 0 and "resume sent to 1 worker(s)" in out.stdout
+        await _wait_record(env, lambda rs: marks(env) == ["slow", "after"])
+        out = cli("health", "--worker", "w1", env=env)
+        assert out.returncode == 0 and out.stdout.startswith("ok: w1"), out.stderr
+        out = cli("health", "--worker", "nobody", env=env)
+        assert out.returncode == 1 and "not registered" in out.stderr
+        out = cli("resume", "--worker", "nobody", env=env)
+        assert out.returncode == 1 and "no registered worker is named 'nobody'" in out.stderr
+        out = cli("health", "--worker", "w1", "--max-age", "0.001", env=env)  # older than that
+        assert out.returncode == 1 and "is stale: last heartbeat" in out.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        out = cli("health", "--worker", "w1", env=env)
+        assert out.returncode == 1  # deregistered on the way out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def test_info_json_has_every_queue_with_its_real_counts(env: dict[str, str]) -> None:
+    dispatch(env, "tests.cli_tasks.add", "--args", "[1, 1]", "--queue", "first")
+    dispatch(env, "tests.cli_tasks.add", "--args", "[1, 2]", "--queue", "first")
+    dispatch(env, "tests.cli_tasks.add", "--args", "[1, 3]", "--queue", "later", "--delay", "600")
+    dispatch(env, "tests.cli_tasks.explode", "--kwargs", '{"message": "x"}', "--queue", "broken")
+    out = cli("worker", "--burst", "--queues", "broken", env={**env, "ASYNCTASQ_IMPORT": "tests.cli_tasks"})
+    assert out.returncode == 0, out.stderr
+    out = cli("info", "--json", env=env)  # no --queues: every queue on the broker
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["queues"] == {
+        "broken": {"ready": 0, "delayed": 0, "running": 0, "failed": 1},
+        "first": {"ready": 2, "delayed": 0, "running": 0, "failed": 0},
+        "later": {"ready": 0, "delayed": 1, "running": 0, "failed": 0},
+    }
+    assert doc["workers"] == [] and doc["notes"] == []
+    out = cli("info", "--queues", "first", env=env)
+    assert out.returncode == 0 and "first" in out.stdout and "later" not in out.stdout
+
+
+def test_info_watch_redraws_in_a_terminal(env: dict[str, str]) -> None:
+    import os
+    import pty
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_cli import ROOT
+
+    dispatch(env, "tests.cli_tasks.add", "--args", "[1, 1]", "--queue", "watched")
+    master, slave = pty.openpty()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASQ_")} | env | {"COLUMNS": "120"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asynctasq", "info", "--watch", "--interval", "0.2"],
+        cwd=ROOT, env=full, stdin=slave, stdout=slave, stderr=slave,
+    )  # fmt: skip
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while seen.count(b"queues on") < 3 and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                seen += os.read(master, 65536)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert seen.count(b"queues on") >= 3, seen[-500:]
+    assert b"\x1b[" in seen  # redrawn in place (cursor movement), not appended
+    assert b"watched" in seen and b"Traceback" not in seen
+
+
+def test_systemd_unit_runs_the_worker_with_the_given_options() -> None:
+    out = cli("systemd-unit", "--import", "app.tasks", "--queues", "high,default")
+    assert out.returncode == 0, out.stderr
+    assert (
+        "Type=notify" in out.stdout
+        and "-m asynctasq worker --import app.tasks --queues high,default" in out.stdout
+    )
+    out = cli("systemd-unit", "--queues", "high", "--template")
+    assert "--name %H-%i" in out.stdout and "asynctasq-worker@.service" in out.stdout

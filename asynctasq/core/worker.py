@@ -33,6 +33,8 @@ import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from asynctasq.constants import (
@@ -100,6 +102,45 @@ class _Running:
         self.task: asyncio.Task[None] | None = None
         self.envelope: Envelope | None = None
         self.reason: str | None = None  # why it was cancelled, if it was
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A registered worker, as ``Worker.all()`` returns it (RQ's worker properties)."""
+
+    name: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    state: str
+    """``idle``, ``busy``, ``suspended``, ``starting``, ``stopping``."""
+    current_task_ids: list[str]
+    birth_date: datetime | None
+    last_heartbeat: datetime | None
+    successful_task_count: int
+    failed_task_count: int
+    total_working_time: float
+    """Seconds spent running tasks."""
+
+    @classmethod
+    def from_info(cls, info: WorkerInfo) -> WorkerRecord:
+        def when(key: str) -> datetime | None:
+            value = info.get(key)
+            return None if value is None else datetime.fromtimestamp(float(value), UTC)  # type: ignore[arg-type]
+
+        return cls(
+            name=str(info.get("name", "")),
+            hostname=str(info.get("hostname", "")),
+            pid=int(info.get("pid", 0)),
+            queues=list(info.get("queues", [])),
+            state=str(info.get("state", "unknown")),
+            current_task_ids=list(info.get("current_tasks", [])),
+            birth_date=when("started_at"),
+            last_heartbeat=when("last_heartbeat"),
+            successful_task_count=int(info.get("successful", 0)),
+            failed_task_count=int(info.get("failed", 0)),
+            total_working_time=float(info.get("working_time_s", 0.0)),
+        )
 
 
 class Worker:
@@ -251,6 +292,8 @@ class Worker:
         self._flush_wanted = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
+        self._resumed = asyncio.Event()  # clear while suspended
+        self._resumed.set()
         self._force = asyncio.Event()
         self._stop_deadline = 0.0
         self._closing = False
@@ -297,6 +340,22 @@ class Worker:
         settings.update(overrides)
         return cls(driver, **settings)
 
+    # -- the registry, from Python (RQ's Worker.all / Worker.count) ---------------------------
+
+    @staticmethod
+    async def all(driver: BaseDriver, queue: str | None = None) -> list[WorkerRecord]:
+        """The live workers registered on ``driver`` (those listening on ``queue``), by name.
+        Needs the driver's ``workers`` capability."""
+        infos = await driver.list_workers()
+        records = [WorkerRecord.from_info(i) for i in infos]
+        if queue is not None:
+            records = [r for r in records if queue in r.queues]
+        return sorted(records, key=lambda r: r.name)
+
+    @staticmethod
+    async def count(driver: BaseDriver, queue: str | None = None) -> int:
+        return len(await Worker.all(driver, queue))
+
     # -- public control ------------------------------------------------------------------
 
     def stop(self, *, force: bool = False) -> None:
@@ -313,6 +372,24 @@ class Worker:
             self._stop_deadline = time.monotonic() + self.shutdown_timeout
             self._stop.set()
         self._slot_freed.set()
+
+    def suspend(self) -> None:
+        """Stop taking tasks but stay up (running ones finish); ``resume()`` goes on. RQ's
+        ``rq suspend``; from the CLI, ``asynctasq suspend``."""
+        if self._resumed.is_set():
+            log.info("suspended: taking no tasks until resumed")
+        self._resumed.clear()
+        if not self._running:
+            self.state = "suspended"
+
+    def resume(self) -> None:
+        if not self._resumed.is_set():
+            log.info("resumed")
+        self._resumed.set()
+
+    @property
+    def suspended(self) -> bool:
+        return not self._resumed.is_set()
 
     def stop_task(self, task_id: str) -> bool:
         """Cancel the running task ``task_id``; it goes to the failed registry as stopped."""
@@ -423,6 +500,10 @@ class Worker:
         self._rr_offset = (offset + 1) % len(queues)
         return queues[offset:] + queues[:offset]
 
+    async def _slot_freed_wait(self) -> None:
+        self._slot_freed.clear()
+        await self._slot_freed.wait()
+
     async def _wait_for_slot(self) -> None:
         self._slot_freed.clear()
         await self._slot_freed.wait()
@@ -432,6 +513,12 @@ class Worker:
         idle_since = loop.time()
         failures = 0
         while not self._stop.is_set():
+            if not self._resumed.is_set():
+                if not self._running:
+                    self.state = "suspended"
+                    idle_since = loop.time()  # a suspended spell is not idleness
+                await _first_of(self._resumed.wait(), self._stop.wait(), self._slot_freed_wait())
+                continue
             if self._suspect is not None or self._isolated:
                 # a suspect runs alone: let the others finish, then run it, fetching nothing
                 if self._running:
@@ -953,6 +1040,10 @@ class Worker:
         if kind == "shutdown":
             log.info("shutdown requested remotely")
             self.stop()
+        elif kind == "suspend":
+            self.suspend()
+        elif kind == "resume":
+            self.resume()
         elif kind == "stop-task":
             task_id = str(command.get("task_id"))
             if self.stop_task(task_id):
@@ -992,6 +1083,16 @@ class Worker:
         if self._pool is not None:
             await self._pool.close(timeout=0)
             self._pool = None
+
+
+async def _first_of(*waits: Awaitable[Any]) -> None:
+    """Until the first of ``waits`` ends; the others are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
 
 
 def _backoff_after(failures: int) -> float:

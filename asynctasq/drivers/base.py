@@ -482,6 +482,12 @@ class BaseDriver(ABC):
     async def stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
         raise self._unsupported("queue stats")
 
+    async def list_queues(self) -> list[str]:
+        """The broker's queues, sorted (for ``asynctasq info``): those holding a message or a
+        failed entry (Redis: every queue used under the prefix); ``UnsupportedOperation``
+        where the broker cannot list them."""
+        raise self._unsupported("listing the broker's queues")
+
     async def purge(self, queue: str) -> int:
         """Delete every ready, delayed and leased message of ``queue``."""
         raise self._unsupported("purging queues")

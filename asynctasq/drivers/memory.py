@@ -240,6 +240,10 @@ class MemoryDriver(BaseDriver):
                 out[entry["queue"]]["failed"] += 1
         return out
 
+    async def list_queues(self) -> list[str]:
+        names = {m.queue for m in self._s.messages.values()} | {e["queue"] for e in self._s.failed.values()}
+        return sorted(names)
+
     async def cancel(self, queue: str, message_id: str) -> bool:
         validate_queue_name(queue)
         self._run_timers(time.monotonic())  # an expired lease waits again

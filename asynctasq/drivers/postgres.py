@@ -542,6 +542,10 @@ class PostgresDriver(BaseDriver):
         validate_queue_name(queue)
         return _count(await self._db("purge", lambda p: p.execute(self._sql.purge, queue)))
 
+    async def list_queues(self) -> list[str]:
+        rows = await self._db("list queues", lambda p: p.fetch(self._sql.list_queues))
+        return [r[0] for r in rows]
+
     async def cancel(self, queue: str, message_id: str) -> bool:
         validate_queue_name(queue)
         ids = int_ids([message_id])
@@ -810,6 +814,17 @@ class _Statements:
             ) s ON true
         """
         self.purge = f"DELETE FROM {t} WHERE queue = $1"
+        # a loose index scan: one probe per distinct queue, not a read of every row
+        self.list_queues = f"""
+            WITH RECURSIVE q AS (
+                (SELECT queue FROM {t} ORDER BY queue LIMIT 1)
+                UNION ALL
+                SELECT (SELECT queue FROM {t} WHERE queue > q.queue ORDER BY queue LIMIT 1) FROM q
+                WHERE q.queue IS NOT NULL
+            )
+            SELECT queue FROM q WHERE queue IS NOT NULL
+            UNION SELECT DISTINCT queue FROM {failed} ORDER BY 1
+        """
         self.cancel = (
             f"DELETE FROM {t} WHERE id = $1 AND queue = $2 AND (lease_token IS NULL OR visible_at <= now())"
         )

@@ -527,6 +527,9 @@ class RedisDriver(BaseDriver):
     async def purge(self, queue: str) -> int:
         return int(await self._one(lua.command(lua.PURGE, self._keys(queue).claim, ())))
 
+    async def list_queues(self) -> list[str]:
+        return await self._queues_for(None)  # every queue this prefix ever used
+
     async def cancel(self, queue: str, message_id: str) -> bool:
         return bool(await self._one(lua.command(lua.CANCEL, self._keys(queue).cancel, (message_id,))))
 

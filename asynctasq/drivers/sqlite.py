@@ -667,6 +667,15 @@ class SQLiteDriver(BaseDriver):
 
         return await self._run(op)
 
+    async def list_queues(self) -> list[str]:
+        async def op(conn: aiosqlite.Connection) -> list[str]:
+            rows = await conn.execute_fetchall(
+                "SELECT queue FROM tasks UNION SELECT queue FROM failed ORDER BY 1"
+            )
+            return [r[0] for r in rows]
+
+        return await self._run(op)
+
     async def cancel(self, queue: str, message_id: str) -> bool:
         validate_queue_name(queue)
         ids = int_ids([message_id])

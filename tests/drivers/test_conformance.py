@@ -322,6 +322,18 @@ async def test_cancel_removes_only_waiting_messages(driver_factory: MakeDriver, 
         await driver.cancel("bad queue;", ready)
 
 
+async def test_list_queues_finds_queues_with_messages(driver: BaseDriver, queue: str) -> None:
+    try:
+        before = await driver.list_queues()
+    except UnsupportedOperation as exc:
+        assert "listing" in str(exc)
+        return
+    await driver.enqueue(queue, b"x")
+    after = await driver.list_queues()
+    assert queue in after and after == sorted(after)
+    assert set(before) <= set(after)
+
+
 async def test_purge(driver: BaseDriver, queue: str) -> None:
     if not driver.supports("purge"):
         with pytest.raises(UnsupportedOperation, match="purg"):

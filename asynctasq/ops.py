@@ -1,0 +1,194 @@
+"""What the operations commands show and send: ``asynctasq info`` (a snapshot of the broker's
+queues and workers, as a table, JSON or a live view), ``suspend`` / ``resume`` broadcasts, and
+the ``systemd-unit`` text."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from asynctasq.core.worker import Worker, WorkerRecord
+from asynctasq.drivers.base import BaseDriver, QueueStats
+from asynctasq.errors import UnsupportedOperation
+
+
+@dataclass
+class Snapshot:
+    """Queue counts and workers at ``taken_at``; ``notes`` say what the driver cannot show."""
+
+    driver: str
+    queues: dict[str, QueueStats]
+    workers: list[WorkerRecord] | None
+    notes: list[str] = field(default_factory=list)
+    taken_at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "driver": self.driver,
+            "taken_at": self.taken_at,
+            "queues": {
+                name: {
+                    "ready": s["ready"],
+                    "delayed": s["delayed"],
+                    "running": s["leased"],
+                    "failed": s["failed"],
+                }
+                for name, s in self.queues.items()
+            },
+            "workers": None
+            if self.workers is None
+            else [
+                {
+                    "name": w.name,
+                    "hostname": w.hostname,
+                    "pid": w.pid,
+                    "queues": w.queues,
+                    "state": w.state,
+                    "current_task_ids": w.current_task_ids,
+                    "birth_date": w.birth_date.isoformat() if w.birth_date else None,
+                    "last_heartbeat": w.last_heartbeat.isoformat() if w.last_heartbeat else None,
+                    "successful_task_count": w.successful_task_count,
+                    "failed_task_count": w.failed_task_count,
+                    "total_working_time": w.total_working_time,
+                }
+                for w in self.workers
+            ],
+            "notes": self.notes,
+        }
+
+
+async def snapshot(driver: BaseDriver, only: list[str] | None = None) -> Snapshot:
+    """Every queue on the broker (or ``only`` those), their counts, and the workers."""
+    notes: list[str] = []
+    names = only
+    if names is None:
+        try:
+            names = await driver.list_queues()
+        except UnsupportedOperation as exc:
+            notes.append(f"{exc}: give --queues")
+            names = []
+    queues: dict[str, QueueStats] = {}
+    if names:
+        try:
+            queues = await driver.stats(names)
+        except UnsupportedOperation as exc:
+            notes.append(str(exc))
+    workers: list[WorkerRecord] | None
+    try:
+        workers = await Worker.all(driver)
+    except UnsupportedOperation as exc:
+        workers = None
+        notes.append(str(exc))
+    return Snapshot(driver.describe(), queues, workers, notes)
+
+
+def tables(snap: Snapshot) -> Any:
+    """The snapshot as rich renderables: the queues table, the workers table, the notes."""
+    from rich.console import Group
+    from rich.table import Table
+
+    parts: list[Any] = []
+    q = Table(title=f"queues on {snap.driver}", title_justify="left")
+    for column in ("queue", "ready", "delayed", "running", "failed"):
+        q.add_column(column, justify="left" if column == "queue" else "right")
+    for name, s in snap.queues.items():
+        q.add_row(name, str(s["ready"]), str(s["delayed"]), str(s["leased"]), str(s["failed"]))
+    parts.append(q)
+    if snap.workers is not None:
+        w = Table(title=f"{len(snap.workers)} worker(s)", title_justify="left")
+        for column in ("name", "state", "queues", "pid", "host", "ok", "failed", "current", "seen"):
+            w.add_column(column)
+        for r in snap.workers:
+            seen = f"{snap.taken_at - r.last_heartbeat.timestamp():.0f}s ago" if r.last_heartbeat else "?"
+            w.add_row(
+                r.name,
+                r.state,
+                ",".join(r.queues),
+                str(r.pid),
+                r.hostname,
+                str(r.successful_task_count),
+                str(r.failed_task_count),
+                ",".join(r.current_task_ids) or "-",
+                seen,
+            )
+        parts.append(w)
+    parts += [f"note: {n}" for n in snap.notes]
+    return Group(*parts)
+
+
+def render(snap: Snapshot) -> None:
+    from rich.console import Console
+
+    Console(width=max(Console().width, 100)).print(tables(snap))
+
+
+async def watch(driver: BaseDriver, only: list[str] | None, interval: float) -> None:
+    """Redraw the snapshot in place every ``interval`` seconds until cancelled (Ctrl-C)."""
+    from rich.live import Live
+
+    with Live(tables(await snapshot(driver, only)), auto_refresh=False, transient=False) as live:
+        while True:
+            await asyncio.sleep(interval)
+            live.update(tables(await snapshot(driver, only)), refresh=True)
+
+
+async def broadcast(driver: BaseDriver, command: dict[str, Any], worker: str | None = None) -> list[str]:
+    """Send ``command`` to every registered worker (or the one named); the names it went to."""
+    names = [r.name for r in await Worker.all(driver) if worker is None or r.name == worker]
+    for name in names:
+        await driver.send_command(name, command)
+    return names
+
+
+_UNIT = """\
+# Generated by `asynctasq systemd-unit{shown}`. Copy to /etc/systemd/system/{file}, then
+#   systemctl daemon-reload && systemctl enable --now {enable}
+[Unit]
+Description=asynctasq worker{description}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=notify
+NotifyAccess=main
+WorkingDirectory={cwd}
+ExecStart={exec_start}
+# SIGTERM to the worker only; running tasks get --shutdown-timeout to finish
+KillMode=mixed
+KillSignal=SIGTERM
+TimeoutStopSec=45
+# the worker pets the watchdog as it renews leases
+WatchdogSec=60
+Restart=always
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def systemd_unit(worker_args: list[str], *, template: bool = False, cwd: str | None = None) -> str:
+    """A ``Type=notify`` unit running ``python -m asynctasq worker`` with ``worker_args``; as
+    an ``@`` template, each instance's worker is named ``%H-%i`` (host, instance)."""
+    import os
+
+    args = list(worker_args)
+    if template and "--name" not in args:
+        args += ["--name", "%H-%i"]
+    command = [sys.executable, "-m", "asynctasq", "worker", *args]
+    shown = (" " + shlex.join(worker_args) if worker_args else "") + (" --template" if template else "")
+    return _UNIT.format(
+        shown=shown,
+        file="asynctasq-worker@.service" if template else "asynctasq-worker.service",
+        enable="asynctasq-worker@1 asynctasq-worker@2" if template else "asynctasq-worker",
+        description=" %i" if template else "",
+        cwd=cwd or os.getcwd(),
+        exec_start=shlex.join(command).replace("'%H-%i'", "%H-%i"),
+    )
+
+
+__all__ = ["Snapshot", "broadcast", "render", "snapshot", "systemd_unit", "tables", "watch"]
