@@ -240,7 +240,7 @@ def _supervise(command: str, own_options: tuple[str, ...], processes: int, flags
             skip = True
         elif not any(arg.startswith(opt + "=") for opt in own_options):
             child_args.append(arg)
-    raise typer.Exit(Supervisor(child_args, processes).run())
+    raise typer.Exit(Supervisor(child_args, processes, metrics_port=config.metrics_port).run())
 
 
 @app.command(name="worker-pool", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -254,8 +254,16 @@ def worker_pool(
     """
     from asynctasq.core.supervisor import Supervisor
 
-    _setup_logging(_config({}))
-    raise typer.Exit(Supervisor(list(ctx.args), num_workers).run())
+    config = _config({})
+    _setup_logging(config)
+    args = list(ctx.args)
+    port = config.metrics_port
+    for i, arg in enumerate(args):
+        if arg == "--metrics-port" and i + 1 < len(args):
+            port = int(args[i + 1])
+        elif arg.startswith("--metrics-port="):
+            port = int(arg.partition("=")[2])
+    raise typer.Exit(Supervisor(args, num_workers, metrics_port=port).run())
 
 
 # -- producing ---------------------------------------------------------------------------

@@ -179,6 +179,12 @@ class Config:
         "No INFO line per task (name, id, queue, outcome, duration): RQ's --disable-job-desc-logging.",
         group="worker",
     )
+    metrics_port: int | None = _setting(
+        None,
+        "Serve Prometheus metrics on this port (needs the metrics extra); a worker pool serves "
+        "one endpoint for all its processes.",
+        group="worker",
+    )
     sentry_dsn: str | None = _setting(
         None,
         "Sentry DSN: report each task's final failure to Sentry (needs the sentry extra).",

@@ -46,6 +46,9 @@ async def _work(queue: str, n: int, concurrency: int, announce: bool, driver_nam
             max_tasks=n,
             results_ttl=0,
             install_signal_handlers=False,
+            metrics_port=int(os.environ["ASYNCTASQ_BENCH_METRICS_PORT"])
+            if os.environ.get("ASYNCTASQ_BENCH_METRICS_PORT")
+            else None,
         )
         if announce:
             print("ready", flush=True)

@@ -482,3 +482,78 @@ def test_systemd_unit_runs_the_worker_with_the_given_options() -> None:
     )
     out = cli("systemd-unit", "--queues", "high", "--template")
     assert "--name %H-%i" in out.stdout and "asynctasq-worker@.service" in out.stdout
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The samples of the endpoint, ``name{labels}`` -> value (empty while it is not up)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return {}
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def _wait_scrape(port: int, check: Any, timeout: float = 30) -> dict[str, float]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = _scrape(port)
+        if samples and check(samples):
+            return samples
+        assert time.monotonic() < deadline, f"metrics never matched: {samples}"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_metrics_endpoint_counts_real_tasks(env: dict[str, str], processes: int) -> None:
+    import signal
+
+    pytest.importorskip("prometheus_client")
+    for i in range(6):
+        dispatch(env, "tests.cli_tasks.add", "--args", f"[{i}, 1]")
+    dispatch(env, "tests.cli_tasks.explode", "--kwargs", '{"message": "m"}')
+    dispatch(env, "tests.cli_tasks.add", "--args", "[9, 9]", "--delay", "600")
+    port = _free_port()
+    proc = _start_worker(env, "--metrics-port", str(port), "--processes", str(processes))
+    try:
+        ok = 'asynctasq_tasks_total{outcome="ok",queue="default",task="tests.cli_tasks.add"}'
+        failed = 'asynctasq_tasks_total{outcome="failed",queue="default",task="tests.cli_tasks.explode"}'
+        samples = _wait_scrape(port, lambda s: s.get(ok) == 6 and s.get(failed) == 1)
+        count = 'asynctasq_task_duration_seconds_count{queue="default",task="tests.cli_tasks.add"}'
+        assert samples[count] == 6
+        depth = {k: f'asynctasq_queue_{k}{{queue="default"}}' for k in ("ready", "delayed", "failed")}
+        samples = _wait_scrape(  # the next stats round after the tasks ran (every 5 s)
+            port,
+            lambda s: (s.get(depth["ready"]), s.get(depth["delayed"]), s.get(depth["failed"])) == (0, 1, 1),
+        )
+        assert samples['asynctasq_tasks_in_flight{queue="default"}'] == 0
+        assert "asynctasq_leases_lost_total" in samples
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()

@@ -69,6 +69,7 @@ from asynctasq.utils.reporting import SentryReporter
 
 if TYPE_CHECKING:
     from asynctasq.config import Config
+    from asynctasq.metrics import WorkerMetrics
     from asynctasq.process_pool import ProcessPool
 
 log = logging.getLogger("asynctasq.worker")
@@ -77,6 +78,7 @@ _task_log = logging.getLogger("asynctasq.tasks")  # one INFO line per task
 FETCH_WAIT_S = 0.5
 """Longest blocking dequeue; bounds how long a stop waits for an outstanding fetch."""
 COMMAND_POLL_INTERVAL_S = 1.0
+METRICS_INTERVAL_S = 5.0
 DRAIN_FLUSH_TIMEOUT_S = 10.0
 DRIVER_ERROR_BACKOFF_S = (0.1, 0.2, 0.5, 1.0)
 """Pauses after failed fetches and ack batches; drivers reconnect on their own, so a broker that
@@ -213,6 +215,7 @@ class Worker:
         exception_handlers: Sequence[ExceptionHandler | str] = (),
         default_exception_handler: bool = True,
         sentry_dsn: str | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         if isinstance(queues, str):
             queues = [q for q in queues.split(",") if q]
@@ -262,6 +265,9 @@ class Worker:
                 )
         self.default_exception_handler = default_exception_handler
         self.sentry_dsn = sentry_dsn
+        self.metrics_port = metrics_port
+        self._metrics: WorkerMetrics | None = None
+        self._lost_reported = 0
         self._sentry: SentryReporter | None = None
         self.on_startup = _hooks(on_startup, "on_startup")
         self.on_shutdown = _hooks(on_shutdown, "on_shutdown")
@@ -334,6 +340,7 @@ class Worker:
             exception_handlers=config.exception_handlers,
             default_exception_handler=not config.disable_default_exception_handler,
             sentry_dsn=config.sentry_dsn,
+            metrics_port=config.metrics_port,
         )
         if "worker_id" in overrides:  # the other spelling of name
             settings["name"] = overrides.pop("worker_id")
@@ -411,13 +418,19 @@ class Worker:
         self.started_at = time.time()
         self._log_tasks = self.task_description_logging and _task_log.isEnabledFor(logging.INFO)
         self._task_sink = task_line_sink() if self._log_tasks else None
-        self._task_lines = [] if self._task_sink is not None else None
+        batched = self._task_sink is not None or self._metrics is not None
+        self._task_lines = [] if batched else None
         self.state = "starting"
         installed = self._install_signals(loop)
         started = False
         try:
             if self.sentry_dsn:
                 self._sentry = SentryReporter(self.sentry_dsn)
+            if self.metrics_port is not None:
+                from asynctasq.metrics import serve, worker_metrics
+
+                self._metrics = worker_metrics()
+                serve(self.metrics_port)
             await self._start_pool()
             for hook in self.on_startup:
                 await _call_hook(hook, self)
@@ -427,6 +440,8 @@ class Worker:
                 loop.create_task(self._lease_loop(), name="asynctasq-leases"),
                 loop.create_task(self._registry_loop(), name="asynctasq-registry"),
             ]
+            if self._metrics is not None:
+                self._background.append(loop.create_task(self._metrics_loop(), name="asynctasq-metrics"))
             log.info(
                 "worker %s listening on %s (%s, concurrency %d, %s)",
                 self.name,
@@ -737,12 +752,12 @@ class Worker:
             self.processed += 1
             took = time.monotonic() - started
             self.working_time_s += took
-            if self._log_tasks and running.envelope is not None:
+            if running.envelope is not None and (self._task_lines is not None or self._log_tasks):
                 env = running.envelope
-                if self._task_lines is not None:  # batched: written at the next ack flush
+                if self._task_lines is not None:  # batched: logged and counted at the next ack flush
                     self._task_lines.append((time.time(), env.queue, env.task, env.id, outcome, took))
                     self._flush_wanted.set()
-                else:
+                if self._log_tasks and self._task_sink is None:
                     _task_log.info(
                         "%s: %s (%s) %s in %.3fs",
                         env.queue,
@@ -938,9 +953,39 @@ class Worker:
 
     def _write_task_lines(self) -> None:
         lines = self._task_lines
-        if lines and self._task_sink is not None:
-            self._task_lines = []
+        if not lines:
+            return
+        self._task_lines = []
+        if self._task_sink is not None:
             self._task_sink.write(lines)
+        if self._metrics is not None:
+            self._metrics.record(lines)
+            if self.lost > self._lost_reported:
+                self._metrics.lost.inc(self.lost - self._lost_reported)
+                self._lost_reported = self.lost
+            self._report_running()
+
+    def _report_running(self) -> None:
+        if self._metrics is not None:
+            by_queue: dict[str, int] = {}
+            for delivery in self._running:
+                by_queue[delivery.queue] = by_queue.get(delivery.queue, 0) + 1
+            self._metrics.running(self.queues, by_queue)
+
+    async def _metrics_loop(self) -> None:
+        """Queue depths (the driver's stats) and in-flight tasks, every few seconds."""
+        assert self._metrics is not None
+        stats = self.driver.supports("stats")
+        while True:
+            self._report_running()
+            if stats:
+                try:
+                    self._metrics.queue_stats(await self.driver.stats(self.queues))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the next round tries again
+                    log.debug("queue stats for metrics failed: %s", exc)
+            await asyncio.sleep(METRICS_INTERVAL_S)
 
     async def _flush_loop(self) -> None:
         """Ack finished tasks in batches; ends, with nothing left to flush, once closing."""
@@ -982,6 +1027,8 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - next beat tries again
                 log.error("extending %d lease(s) failed: %s", len(held), exc)
                 continue
+            if self._metrics is not None:
+                self._metrics.extensions.inc(len(kept))
             if len(kept) < len(held):
                 self._refused(held, kept)
 
