@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -333,6 +334,35 @@ async def test_extend_stops_with_a_clear_error_at_the_12_hour_cap(
     with caplog.at_level(logging.ERROR, "asynctasq.drivers.sqs"):
         assert await sqs.extend([got], 60) == []
     assert "12 hours" in caplog.text and got.id in caplog.text
+
+
+async def test_competing_consumers_get_each_message_once(make_sqs: MakeSQS, queue: str) -> None:
+    """Six consumers, receiving (short and long polls) and deleting at the same moments, get
+    each of 600 delayed messages once, and nothing comes back after its ack. It failed on
+    moto 5.2.5 as shipped, whose receive and delete are not thread-safe (the delayed storm of
+    the chaos suite ran tasks twice); the test server fixes that (tests/backends/sqs_backend)."""
+    n, lease_s = 600, 2.0
+    producer = await make_sqs()
+    consumers = [await make_sqs(lease_seconds=lease_s, wait_time_seconds=1) for _ in range(6)]
+    await producer.enqueue_many([EnqueueItem(queue, f"m{i}".encode(), 1.0) for i in range(n)])
+    seen: Counter[bytes] = Counter()
+    quiet_until = [time.monotonic() + 60]
+
+    async def consume(driver: SQSDriver, wait: float) -> None:
+        while time.monotonic() < quiet_until[0]:
+            got = await driver.dequeue([queue], 10, wait=wait)
+            seen.update(d.body for d in got)
+            if got:
+                assert await driver.ack(got) == got
+            if len(seen) == n and quiet_until[0] > time.monotonic() + lease_s + 1.5:
+                quiet_until[0] = time.monotonic() + lease_s + 1.5  # a deleted message would be back
+
+    await asyncio.wait_for(
+        asyncio.gather(*(consume(c, 0.0 if i % 2 else 1.0) for i, c in enumerate(consumers))), 90
+    )
+    assert len(seen) == n
+    assert [body for body, count in seen.items() if count > 1] == []
+    assert (await producer.stats([queue]))[queue] == {"ready": 0, "delayed": 0, "leased": 0, "failed": 0}
 
 
 # -- round trips --------------------------------------------------------------------------------

@@ -15,10 +15,12 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from tests.backends import ServiceUnavailable
 
+ROOT = Path(__file__).resolve().parent.parent.parent
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -49,6 +51,135 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes] | None, timeout: flo
     raise ServiceUnavailable(f"moto_server did not listen on 127.0.0.1:{port} within {timeout}s")
 
 
+def serve_moto(port: int) -> None:
+    """Run moto's server on ``port`` (``python -m tests.backends.sqs_backend PORT``), with two
+    fixes to moto 5.2.5 that make it behave as SQS does, not differently.
+
+    Thread safety: moto's server runs each request in a thread of its own, and neither its
+    receive nor its delete holds the queue's lock. A receive checks that a message is visible,
+    then marks it received, with nothing to stop another thread doing the same in between (the
+    delayed storm of the chaos suite saw one message received three times within 34 ms, by
+    two workers). A delete builds the queue's list of messages anew without the deleted one
+    and stores it: two deletes at once put back each other's message (acked, then delivered
+    again with receive count 2 when its visibility ran out: 81 of 5,000 in one storm), and a
+    send meanwhile is lost. SQS hands a message to one receiver per visibility timeout and
+    keeps what it acknowledged; here each scan of a receive and each delete holds the queue's
+    lock (the wait between the scans of a long poll does not).
+
+    Speed: moto checks each message it hands out against
+    the queue's retention period by computing every queue attribute, three counts over all
+    the queue's messages among them, so a receive costs O(backlog) per message and a backlog
+    of thousands takes seconds per ReceiveMessage (the chaos suite's 2,000 and 5,000 tasks
+    took minutes). The check reads the retention period directly here, and the SQS models
+    read the clock with ``time.time()`` rather than through ``datetime`` (the same Unix time,
+    ten times cheaper, and read once per message per scan)."""
+    from copy import deepcopy
+
+    import moto.sqs.models as models
+    from moto.server import main
+    from moto.sqs.exceptions import ReceiptHandleIsInvalid
+    from moto.sqs.models import Message, Queue, SQSBackend
+
+    slow_unix_time = models.unix_time
+
+    def unix_time(dt: Any = None) -> float:
+        return time.time() if dt is None else float(slow_unix_time(dt))
+
+    def unix_time_millis(dt: Any = None) -> float:
+        return unix_time(dt) * 1000.0
+
+    models.unix_time, models.unix_time_millis = unix_time, unix_time_millis
+
+    # the three counts, which every send computes too (it reads one attribute of them all)
+    def delayed(self: Queue) -> int:
+        now = time.time() * 1000
+        return sum(1 for m in self._messages if now < m.delayed_until)
+
+    def not_visible(self: Queue) -> int:
+        now = time.time() * 1000
+        return sum(1 for m in self._messages if now <= m.visible_at)
+
+    def ready(self: Queue) -> int:
+        now = time.time() * 1000
+        return sum(1 for m in self._messages if now > m.visible_at and now >= m.delayed_until)
+
+    Queue.approximate_number_of_messages_delayed = property(delayed)  # type: ignore[assignment]
+    Queue.approximate_number_of_messages_not_visible = property(not_visible)  # type: ignore[assignment]
+    Queue.approximate_number_of_messages = property(ready)  # type: ignore[assignment]
+
+    def retained(self: SQSBackend, queue_name: str, message: Message) -> bool:
+        period = int(self.get_queue(queue_name).message_retention_period)
+        return bool(period + message.sent_timestamp / 1000 > unix_time())
+
+    SQSBackend.is_message_valid_based_on_retention_period = retained  # type: ignore[method-assign]
+
+    def receive_message(
+        self: SQSBackend,
+        queue_name: str,
+        count: int,
+        wait_seconds_timeout: int,
+        visibility_timeout: int,
+        message_attribute_names: list[str] | None = None,
+    ) -> list[Message]:
+        # moto 5.2.5's own loop, with each scan under the queue's lock
+        names = message_attribute_names or []
+        queue = self.get_queue(queue_name)
+        result: list[Message] = []
+        polling_end = unix_time() + wait_seconds_timeout
+        while True:
+            with queue._messages_lock:
+                pending_groups = deepcopy(queue.pending_message_groups)
+                to_dlq: list[Message] = []
+                for message in queue.messages:
+                    if not message.visible:
+                        continue
+                    if message in queue.pending_messages:  # visible again: its consumer timed out
+                        queue.pending_messages.remove(message)
+                        pending_groups = deepcopy(queue.pending_message_groups)
+                    if message.group_id and queue.fifo_queue and message.group_id in pending_groups:
+                        continue
+                    policy = queue.redrive_policy
+                    if (
+                        queue.dead_letter_queue is not None
+                        and policy
+                        and message.approximate_receive_count >= policy["maxReceiveCount"]
+                    ):
+                        to_dlq.append(message)
+                        continue
+                    queue.pending_messages.add(message)
+                    message.mark_received(visibility_timeout=visibility_timeout)
+                    copy = deepcopy(message)
+                    models._filter_message_attributes(copy, names)
+                    if not self.is_message_valid_based_on_retention_period(queue_name, message):
+                        break
+                    result.append(copy)
+                    if len(result) >= count:
+                        break
+                for message in to_dlq:
+                    queue._messages.remove(message)
+                    queue.dead_letter_queue.add_message(message)  # type: ignore[union-attr]
+            if result or wait_seconds_timeout == 0 or unix_time() > polling_end:
+                return result
+            queue.wait_for_messages(1)
+
+    SQSBackend.receive_message = receive_message  # type: ignore[method-assign]
+
+    def delete_message(self: Queue, receipt_handle: str) -> None:
+        with self._messages_lock:
+            if receipt_handle in self.deleted_messages:
+                return  # deleted already: SQS takes it again
+            doomed = {id(m): m for m in self._messages if m.had_receipt_handle(receipt_handle)}
+            if not doomed:
+                raise ReceiptHandleIsInvalid()
+            for message in doomed.values():
+                self.pending_messages.discard(message)
+                self.deleted_messages.update(message.all_receipt_handles)
+            self._messages = [m for m in self._messages if id(m) not in doomed]
+
+    Queue.delete_message = delete_message  # type: ignore[method-assign]
+    main(["-H", "127.0.0.1", "-p", str(port)])
+
+
 def start_moto(port: int) -> subprocess.Popen[bytes]:
     """A moto server subprocess on ``port`` (caller stops it)."""
     try:
@@ -57,7 +188,8 @@ def start_moto(port: int) -> subprocess.Popen[bytes]:
         raise ServiceUnavailable(f'moto is not installed ({exc}): pip install "moto[server]"') from exc
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "tests.backends.sqs_backend", str(port)],
+        cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -158,3 +290,7 @@ def unreachable_config(secret: str) -> dict[str, Any]:
         "aws_access_key_id": "testing",
         "aws_secret_access_key": secret,
     }
+
+
+if __name__ == "__main__":
+    serve_moto(int(sys.argv[1]))
