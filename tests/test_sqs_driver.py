@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -324,6 +325,41 @@ async def test_fencing_is_not_claimed_and_stale_tokens_are_refused_locally(
     assert await a.ack([second]) == [], "acked already"
 
 
+async def test_a_late_answer_never_leaves_a_lease_sqs_has_released(
+    make_sqs: MakeSQS, namespace: str, queue: str
+) -> None:
+    """The answer of a long poll reaches the driver 1.2 s after SQS handed the message out
+    (through a relay that holds back moto's answers): the driver's own lease must end before
+    SQS's visibility does, so once a second consumer can receive the message, the first one's
+    ack is refused (no call: it could delete the copy the other one runs). Before the fix,
+    the local lease ran from the answer and outlived SQS's by about a second."""
+    target = urlsplit(sqs_backend.endpoint()).port
+    assert target is not None
+    relay = sqs_backend.Relay(target, answer_delay_s=1.2)
+    try:
+        await relay.start()
+        prefix = f"{relay.url}/{sqs_backend.ACCOUNT}/{namespace}-"  # the same queues, via the relay
+        slow = await make_sqs(endpoint_url=relay.url, queue_url_prefix=prefix, lease_seconds=2.0)
+        other = await make_sqs(lease_seconds=2.0)
+        assert await slow.dequeue([queue], 1, wait=0) == []  # the queue exists, its URL is known
+        waiting = asyncio.create_task(slow.dequeue([queue], 1, wait=20))
+        await wait_for(lambda: queue in slow._polls, timeout=10)  # a long poll is in flight
+        await asyncio.sleep(0.5)  # its request has reached moto
+        await other.enqueue(queue, b"late")
+        [held] = await asyncio.wait_for(waiting, 30)
+        deadline = time.monotonic() + 10
+        taken = []
+        while not taken and time.monotonic() < deadline:
+            taken = await other.dequeue([queue], 1, wait=0)
+            if not taken:
+                await asyncio.sleep(0.1)
+        assert [d.body for d in taken] == [b"late"], "SQS never handed the message out again"
+        assert await slow.ack([held]) == [], "the driver still thought it held the lease"
+        await other.ack(taken)
+    finally:
+        await asyncio.to_thread(relay.close)
+
+
 async def test_extend_stops_with_a_clear_error_at_the_12_hour_cap(
     sqs: SQSDriver, queue: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -561,22 +597,42 @@ async def test_worker_without_results_runs_tasks(sqs: SQSDriver, caplog: pytest.
 
 
 async def test_dead_broker_is_a_clear_error_without_secrets(queue: str) -> None:
+    """An endpoint never reached fails connect() at once, in one line (no botocore retries,
+    no reconnect budget: that is for an endpoint that goes away after it answered)."""
     port = sqs_backend.free_port()  # nothing listens there
     driver = SQSDriver(
         endpoint_url=f"http://127.0.0.1:{port}",
-        reconnect_timeout=0.5,
         aws_access_key_id="AKIDEXAMPLE",
         aws_secret_access_key="do-not-show-me",
     )
-    await driver.connect()
-    try:
-        with pytest.raises(
-            BrokerUnavailable, match=rf"cannot reach SQS at http://127.0.0.1:{port}"
-        ) as caught:
-            await driver.enqueue(queue, b"x")
-        assert "do-not-show-me" not in str(caught.value)
-    finally:
-        await driver.disconnect()
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=rf"cannot reach SQS at http://127.0.0.1:{port}") as caught:
+        await driver.connect()
+    assert time.monotonic() - started < 2.0
+    assert "do-not-show-me" not in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(BrokerError, match="not connected"):
+        await driver.enqueue(queue, b"x")
+
+
+async def test_bad_credentials_fail_at_connect(namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials SQS refuses fail connect() in one line. moto takes any key, so its answer to
+    a bad one (InvalidClientTokenId) is put in place of the real call here."""
+    import aiobotocore.client
+    from botocore.exceptions import ClientError
+
+    original = aiobotocore.client.AioBaseClient._make_api_call
+
+    async def refusing(self: Any, operation: str, params: Any) -> Any:
+        if operation == "ListQueues":
+            error = {"Error": {"Code": "InvalidClientTokenId", "Message": "The security token is invalid."}}
+            raise ClientError(error, operation)  # type: ignore[arg-type]
+        return await original(self, operation, params)
+
+    monkeypatch.setattr(aiobotocore.client.AioBaseClient, "_make_api_call", refusing)
+    driver = SQSDriver(**sqs_backend.options(namespace))
+    with pytest.raises(BrokerError, match="does not accept the AWS credentials"):
+        await driver.connect()
+    assert driver._client is None
 
 
 # -- worker processes ---------------------------------------------------------------------------

@@ -25,10 +25,12 @@ message is due (``atq.due``).
 - Fencing: SQS does not refuse an outdated receipt handle for sure (AWS documents that a
   delete with one may succeed), and moto accepts any old handle, so ``fencing`` is not a
   capability. The driver refuses, on its own side, any ack/extend/release/fail of a delivery
-  whose lease ran out by its local clock (measured from before the receive, so never later
-  than SQS's), or that it acked or gave back already. A worker paused past its lease can thus
-  still delete a copy that another worker holds only if SQS takes a stale handle within the
-  moments around expiry: at-least-once, never lost.
+  whose lease ran out by its local clock, or that it acked or gave back already. That clock
+  never runs later than SQS's: a short poll's lease counts from before the request; a long
+  poll's from its answer, with the visibility asked of SQS 2 s longer than the lease (SQS
+  starts it when it hands the message out, and the answer may take that long to be read). A
+  worker paused past its lease can thus still delete a copy that another worker holds only if
+  SQS takes a stale handle within the moments around expiry: at-least-once, never lost.
 - FIFO queues (names ending ``.fifo``): one message group (``message_group_id``), a
   deduplication id per send; no per-message delay there, so a delayed message is hidden by its
   first receive until due (``atq.n`` = -1 takes that receive back).
@@ -78,7 +80,7 @@ from asynctasq.drivers.base import (
     FailedEntry,
     QueueStats,
 )
-from asynctasq.errors import BrokerError, ConfigError, DriverNotAvailable, InvalidQueueName
+from asynctasq.errors import BrokerError, BrokerUnavailable, ConfigError, DriverNotAvailable, InvalidQueueName
 from asynctasq.utils.urls import redact_url
 
 try:
@@ -96,6 +98,12 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise DriverNotAvailable(f'the sqs driver needs {exc.name}: pip install "asynctasq[sqs]"') from None
 
 log = logging.getLogger("asynctasq.drivers.sqs")
+for _name in ("botocore", "aiobotocore", "boto3", "aioboto3"):
+    # botocore's DEBUG output is every request's events, headers and signature, and a traceback
+    # for each failed connection: a worker at --log-level DEBUG keeps to its own lines unless
+    # the application set these loggers' levels itself
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.INFO)
 
 _ID, _OFFSET, _DUE = "atq.id", "atq.n", "atq.due"
 _ORIGIN, _ERROR, _FAILED_AT = "atq.queue", "atq.error", "atq.at"
@@ -104,8 +112,22 @@ _FIFO = ".fifo"
 _FAILED_SUFFIX = "-failed"
 _GROUP_ID_RE = re.compile(r"[!-~]{1,128}\Z")
 _MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+_LONG_POLL_MARGIN_S = 2
+"""Seconds a long poll's messages stay invisible beyond the lease: SQS starts their visibility
+when it hands them out, somewhere in the poll, and the driver's own lease starts when the
+answer is read; this covers the answer's way back (a loaded server, a busy event loop)."""
 _RECEIVE_SLACK_S = 0.25
-"""How long before the response a long poll's messages may have been received (local lease)."""
+"""How long before the answer is read a long poll's messages are taken to have been received."""
+_CONNECT_TIMEOUT_S = 3
+_TRANSIENT_CODES = frozenset(
+    {"ThrottlingException", "RequestThrottled", "Throttling", "ServiceUnavailable", "InternalError",
+     "InternalFailure", "RequestTimeout"}
+)  # fmt: skip
+"""SQS's answers that mean "try again": retried with the reconnect policy, like a lost connection."""
+_CREDENTIAL_CODES = frozenset(
+    {"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException", "ExpiredToken",
+     "InvalidAccessKeyId", "MissingAuthenticationToken"}
+)  # fmt: skip
 _ERROR_MAX_BYTES = 8192
 _NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 """Characters SQS refuses in a message attribute."""
@@ -151,6 +173,14 @@ def _chunks(items: Sequence[Any], size: int = SQS_MAX_BATCH) -> Iterable[Sequenc
 
 class _MissingQueue(BrokerError):
     pass
+
+
+class _BadCredentials(BrokerError):
+    pass
+
+
+class _Transient(Exception):
+    """SQS throttled the call or failed on its side: worth repeating (one line, no secret)."""
 
 
 class SQSDriver(BaseDriver):
@@ -207,11 +237,14 @@ class SQSDriver(BaseDriver):
         self._secret = aws_secret_access_key
         self._name_prefix, self._account = self._parse_prefix(queue_url_prefix)
         self._visibility = max(1, math.ceil(self.lease_seconds))
+        self._reached = False
+        """Whether SQS has answered this driver: until then a connection error is reported at
+        once (an endpoint that was never reachable), after it the reconnect policy applies."""
         where = f"SQS at {redact_url(endpoint_url)}" if endpoint_url else f"SQS in {self.region}"
         self._reconnect = Reconnect(
             where,
             "check the network and --sqs-region / --sqs-endpoint-url",
-            (HTTPClientError, BotoConnectionError),
+            (HTTPClientError, BotoConnectionError, _Transient),
             timeout_s=reconnect_timeout,
             secret=aws_secret_access_key,
         )
@@ -281,17 +314,42 @@ class SQSDriver(BaseDriver):
             aws_secret_access_key=self._secret,
             region_name=self.region,
         )
+        # one attempt per call: lost connections and throttling are retried by self._reconnect,
+        # which resumes within RECONNECT_MAX_DELAY_S of the endpoint's return and gives up after
+        # reconnect_timeout (botocore's own backoff would add up to seconds to both)
         config = BotoConfig(
-            connect_timeout=5,
+            connect_timeout=_CONNECT_TIMEOUT_S,
             read_timeout=self.wait_time_seconds + 15,
             max_pool_connections=self.max_pool_connections,
-            retries={"total_max_attempts": 3, "mode": "standard"},
+            retries={"total_max_attempts": 1, "mode": "standard"},
         )
         stack = AsyncExitStack()
         self._client = await stack.enter_async_context(
             session.client("sqs", endpoint_url=self.endpoint_url, config=config)
         )
         self._stack = stack
+        try:
+            await self._probe()
+        except BaseException:
+            self._stack, self._client = None, None
+            await stack.aclose()
+            raise
+
+    async def _probe(self) -> None:
+        """One ``ListQueues`` call: an endpoint that cannot be reached, or credentials SQS does
+        not know, fail ``connect()`` in one line (as a database driver's would), not the first
+        dispatch after a minute of retries. Any other answer, AccessDenied included, shows SQS
+        is there (the driver needs no ListQueues permission)."""
+        try:
+            params: dict[str, Any] = {"MaxResults": 1}
+            if self._name_prefix:
+                params["QueueNamePrefix"] = self._name_prefix
+            await self._call("list_queues", **params)
+        except (BrokerUnavailable, _BadCredentials):
+            raise
+        except BrokerError:
+            pass  # SQS answered: not allowed to list queues, which the driver needs not
+        self._reached = True
 
     async def disconnect(self) -> None:
         if self._client is None:
@@ -325,12 +383,23 @@ class SQSDriver(BaseDriver):
         return self._client
 
     async def _call(self, op: str, *, retry: bool = True, **params: Any) -> dict[str, Any]:
+        """One SQS call; with ``retry``, repeated through an outage by the reconnect policy (once
+        SQS has answered this driver: an endpoint never reached fails at once)."""
         method: Callable[..., Awaitable[dict[str, Any]]] = getattr(self._require_client(), op)
+
+        async def once() -> dict[str, Any]:
+            try:
+                return await method(**params)
+            except ClientError as exc:
+                error = exc.response.get("Error", {})
+                status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+                if error.get("Code") in _TRANSIENT_CODES or status >= 500:
+                    raise _Transient(f"{error.get('Code', status)}: {error.get('Message', '')}") from None
+                raise
+
         try:
             try:
-                if retry:
-                    return await self._reconnect.run(lambda: method(**params))
-                return await method(**params)
+                result = await self._attempt(once, retry)
             except ClientError as exc:
                 error = self._client_error(exc, op, params.get("QueueUrl"))
                 if not isinstance(error, _MissingQueue) or "QueueUrl" not in params:
@@ -338,16 +407,28 @@ class SQSDriver(BaseDriver):
                 if not self.create_queues:
                     self._forget_url(str(params["QueueUrl"]))
                     raise error from None
-            # the queue went away (deleted, or a test server restarted): create it again, retry once
-            params["QueueUrl"] = await self._recreate(str(params["QueueUrl"]))
-            return await self._reconnect.run(lambda: method(**params))
+                # the queue went away (deleted, or a test server restarted): create it, retry once
+                params["QueueUrl"] = await self._recreate(str(params["QueueUrl"]))
+                result = await self._attempt(once, retry)
         except ClientError as exc:
             raise self._client_error(exc, op, params.get("QueueUrl")) from None
         except NoCredentialsError:
-            raise BrokerError(
+            raise _BadCredentials(
                 "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile "
                 "(AWS_PROFILE), an instance role, or --aws-access-key-id/--aws-secret-access-key"
             ) from None
+        self._reached = True
+        return result
+
+    async def _attempt(self, once: Callable[[], Awaitable[dict[str, Any]]], retry: bool) -> dict[str, Any]:
+        if retry and self._reached:
+            return await self._reconnect.run(once)
+        try:
+            return await once()
+        except self._reconnect.retryable as exc:
+            if self._reached:
+                raise  # a background call: its caller tries again later
+            raise self._reconnect.unavailable(exc) from None
 
     def _forget_url(self, url: str) -> None:
         for cache in (self._urls, self._failed_urls):
@@ -372,7 +453,12 @@ class SQSDriver(BaseDriver):
             return _MissingQueue(
                 f"SQS queue {url or '?'} does not exist: create it, or turn on --sqs-create-queues"
             )
-        if code in ("AccessDenied", "AccessDeniedException", "InvalidClientTokenId", "SignatureDoesNotMatch"):
+        if code in _CREDENTIAL_CODES:
+            return _BadCredentials(
+                f"SQS does not accept the AWS credentials ({code}: {message}): check the access key "
+                "and secret (or the profile, role or environment they come from)"
+            )
+        if code in ("AccessDenied", "AccessDeniedException"):
             return BrokerError(
                 f"SQS refused {op} ({code}: {message}): check the credentials and that the IAM policy "
                 "allows it (docs/drivers/sqs.md)"
@@ -539,8 +625,8 @@ class SQSDriver(BaseDriver):
                 ],
             )
             done.update(batch[int(ok["Id"])] for ok in result.get("Successful", []))
-            for bad in result.get("Failed", []):
-                log.warning("SQS would not extend a lease (%s: %s)", bad.get("Code"), bad.get("Message"))
+            for bad in result.get("Failed", []):  # acked meanwhile, or lost: the caller says which
+                log.debug("SQS would not extend a lease (%s: %s)", bad.get("Code"), bad.get("Message"))
 
         await asyncio.gather(*(one(i) for i in range(0, len(handles), SQS_MAX_BATCH)))
         return done
@@ -586,17 +672,28 @@ class SQSDriver(BaseDriver):
             QueueUrl=url,
             MaxNumberOfMessages=count,
             WaitTimeSeconds=wait,
-            VisibilityTimeout=self._visibility,
+            VisibilityTimeout=self._visibility + (_LONG_POLL_MARGIN_S if wait else 0),
             MessageAttributeNames=["atq.*"],
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )
         arrived = time.monotonic()
         messages = result.get("Messages") or []
-        received = max(sent, arrived - _RECEIVE_SLACK_S)
+        # the local lease never outlasts SQS's visibility: a short poll's messages were received
+        # after `sent`; a long poll's anywhere in it, their visibility longer by the margin
+        received = max(sent, arrived - _RECEIVE_SLACK_S) if wait else sent
         deliveries: list[Delivery] = []
         chained: list[tuple[dict[str, Any], Delivery]] = []
         now = time.time()
         self._forget_expired()
+        if messages and received + self.lease_seconds <= arrived + _RECEIVE_SLACK_S:
+            log.warning(
+                "an SQS answer came %.1fs after its request, past the lease (%ss): its %d message(s) "
+                "come back when their visibility ends (counted as lost deliveries)",
+                arrived - sent,
+                self.lease_seconds,
+                len(messages),
+            )
+            return [], len(messages)
         for msg in messages:
             count_seen = int(msg.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
             offset = int(_attr_value(msg, _OFFSET) or 0)

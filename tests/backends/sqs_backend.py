@@ -3,11 +3,19 @@ in a subprocess on a free loopback port; each namespace is a queue name prefix o
 
 The driver talks to it through ``endpoint_url`` with its real aioboto3 client, the code path a
 user runs against AWS. Set ``ASYNCTASQ_TEST_SQS_ENDPOINT`` to use a server of your own.
+
+The restart hook of the chaos and security suites (``restartable_broker``) does not restart
+moto, which keeps its queues in memory only (a restart would lose every message, for reasons
+that are not the driver's): it puts a TCP relay of its own between the drivers and moto and
+takes that down, so the endpoint refuses connections and the open ones are cut, as when SQS
+cannot be reached, then brings it back on the same port with moto's state intact.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import os
 import socket
 import subprocess
@@ -15,6 +23,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -294,3 +303,141 @@ def unreachable_config(secret: str) -> dict[str, Any]:
 
 if __name__ == "__main__":
     serve_moto(int(sys.argv[1]))
+
+
+# -- hooks of the chaos and security suites (tests/test_chaos.py, tests/test_security.py) ----
+
+
+class Relay:
+    """A TCP relay on a loopback port of its own to the session's moto server, in a thread with
+    its own event loop (so a test's blocking moments do not stall the workers' traffic).
+    ``stop()`` closes the port and cuts every open connection; ``start()`` listens again.
+    ``answer_delay_s`` holds back what moto sends (a slow way back from the server)."""
+
+    def __init__(self, target_port: int, answer_delay_s: float = 0.0) -> None:
+        self.port = free_port()
+        self.target_port = target_port
+        self.answer_delay_s = answer_delay_s
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sqs-relay", daemon=True)
+        self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float = 0.0
+    ) -> None:
+        """Copy ``reader`` to ``writer``, each chunk ``delay_s`` after it came (not one after the
+        other: an answer in several chunks is late by ``delay_s`` as a whole)."""
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def forward() -> None:
+            while True:
+                due, data = await chunks.get()
+                if not data:
+                    return
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                writer.write(data)
+                await writer.drain()
+
+        forwarding = asyncio.ensure_future(forward())
+        try:
+            while data := await reader.read(65536):
+                chunks.put_nowait((loop.time() + delay_s, data))
+            chunks.put_nowait((0.0, b""))
+            await forwarding
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            forwarding.cancel()
+            writer.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._open |= {writer, up_writer}
+        try:
+            await asyncio.gather(
+                self._pipe(reader, up_writer), self._pipe(up_reader, writer, self.answer_delay_s)
+            )
+        finally:
+            self._open -= {writer, up_writer}
+
+    async def _listen(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(
+                self._client, "127.0.0.1", self.port, reuse_address=True
+            )
+
+    async def _close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            for writer in list(self._open):
+                writer.transport.abort()  # the clients see a reset, as when SQS goes away
+            await server.wait_closed()
+
+    async def _in_thread(self, make: Any) -> None:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(make(), self._loop))
+
+    async def start(self) -> None:
+        await self._in_thread(self._listen)
+
+    async def stop(self) -> None:
+        await self._in_thread(self._close)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+@contextlib.asynccontextmanager
+async def restartable_broker(namespace: str) -> AsyncIterator[Any]:
+    """The session's moto server behind a :class:`Relay` the test stops and starts; the AWS
+    secret key is the suite's SECRET (moto takes any), so it must never show."""
+    from urllib.parse import urlsplit
+
+    from tests.chaos_brokers import SECRET, Restartable
+
+    target = urlsplit(endpoint()).port
+    if target is None:
+        raise ServiceUnavailable(f"the SQS test endpoint {endpoint()} names no port")
+    relay = Relay(target)
+    try:
+        await relay.start()
+        url = relay.url
+        prefix = f"{url}/{ACCOUNT}/{namespace}-"
+        keys = {"aws_access_key_id": "testing", "aws_secret_access_key": SECRET}
+
+        async def make(**options: Any) -> Any:
+            from asynctasq.drivers.sqs import SQSDriver
+
+            driver = SQSDriver(
+                region=REGION, endpoint_url=url, queue_url_prefix=prefix, create_queues=True, **keys,
+                **options,
+            )  # fmt: skip
+            await driver.connect()
+            return driver
+
+        config = {
+            "driver": "sqs",
+            "sqs_region": REGION,
+            "sqs_endpoint_url": url,
+            "sqs_queue_url_prefix": prefix,
+            "sqs_create_queues": True,
+            **keys,
+        }
+        yield Restartable(config, make, relay.stop, relay.start, SECRET, "reconnect_timeout")
+    finally:
+        await asyncio.to_thread(relay.close)
+        await cleanup(namespace)
