@@ -303,6 +303,87 @@ async def test_fifo_queue_keeps_order_delays_and_counts(make_sqs: MakeSQS) -> No
         SQSDriver(message_group_id="has space")
 
 
+def _group(name: str) -> tuple[tuple[str, str], ...]:
+    return (("message_group_id", name),)
+
+
+async def test_fifo_message_groups_keep_order_within_and_run_apart(make_sqs: MakeSQS) -> None:
+    """Per-dispatch message groups: a group runs in order, one batch at a time; another group
+    is not held back by it; a retry and a give-back stay in their group (at its end)."""
+    one, two = await make_sqs(lease_seconds=10), await make_sqs(lease_seconds=10)
+    queue = "orders.fifo"
+    items = [EnqueueItem(queue, body.encode(), 0, _group(body[0])) for body in ("a1", "b1", "a2", "a3", "b2")]
+    await one.enqueue_many(items)
+    [a1] = await one.dequeue([queue], 1, wait=2)
+    [b1] = await two.dequeue([queue], 1, wait=2)  # group a in flight does not hold back group b
+    assert (a1.body, b1.body) == (b"a1", b"b1")
+    assert await two.dequeue([queue], 10, wait=0) == [], "both groups have a message in flight"
+    await one.ack([a1])
+    [a2] = await two.dequeue([queue], 1, wait=2)
+    assert a2.body == b"a2"
+    assert await two.release(a2, 0, body=b"a2-retry") is True  # a retry: to the end of group a
+    await two.ack([b1])
+    got = await one.dequeue([queue], 10, wait=2)
+    assert [d.body for d in got] == [b"a3", b"b2", b"a2-retry"]  # in each group, in order
+    assert [one._leases[d.token].group for d in got] == ["a", "b", "a"]
+    assert await one.release(got[1]) is True  # a give-back keeps group b
+    await one.ack([got[0], got[2]])
+    [b2] = await two.dequeue([queue], 10, wait=2)
+    assert (b2.body, b2.delivery_count, two._leases[b2.token].group) == (b"b2", 1, "b")
+    await two.ack([b2])
+
+
+async def test_fifo_deduplication_id_stores_one_copy(make_sqs: MakeSQS) -> None:
+    """The same deduplication id within SQS's 5-minute window: one message, however many
+    dispatches (through the public API: TaskCall.broker_options)."""
+    from tests.cli_tasks import add
+
+    driver = await make_sqs()
+    queue = "billing.fifo"
+    for _ in range(3):
+        await (
+            add(1, 2)
+            .on_queue(queue)
+            .broker_options(message_group_id="acct-7", deduplication_id="invoice-42")
+            .dispatch(driver)
+        )
+    await add(2, 2).on_queue(queue).broker_options(message_group_id="acct-7").dispatch(driver)
+    got = await driver.dequeue([queue], 10, wait=2)
+    assert [Envelope.decode(d.body).args for d in got] == [[1, 2], [2, 2]]
+    await driver.ack(got)
+
+
+async def test_broker_options_are_validated_or_refused(make_sqs: MakeSQS, queue: str) -> None:
+    from asynctasq.drivers.memory import MemoryDriver
+    from asynctasq.errors import TaskDefinitionError
+    from tests.cli_tasks import add
+
+    driver = await make_sqs()
+    with pytest.raises(UnsupportedOperation, match="need an SQS FIFO queue"):
+        await driver.enqueue(queue, b"x", options=_group("g"))
+    with pytest.raises(ConfigError, match="1-128 letters, digits and punctuation"):
+        await driver.enqueue_many(
+            [EnqueueItem("q.fifo", b"ok"), EnqueueItem("q.fifo", b"x", 0, _group("a b"))]
+        )
+    with pytest.raises(ConfigError, match="1-128"):
+        await driver.enqueue("q.fifo", b"x", options=(("deduplication_id", "d" * 129),))
+    assert (await driver.stats(["q.fifo"]))["q.fifo"]["ready"] == 0, "nothing of a refused batch was sent"
+    with pytest.raises(TaskDefinitionError, match="unknown broker option"):
+        add(1, 2).broker_options(priority="9")
+    with pytest.raises(TaskDefinitionError, match="non-empty string"):
+        add(1, 2).broker_options(message_group_id="")
+    memory = MemoryDriver()
+    await memory.connect()
+    try:
+        with pytest.raises(UnsupportedOperation, match="does not support the broker option"):
+            await add(1, 2).broker_options(message_group_id="g").dispatch(memory)
+        with pytest.raises(UnsupportedOperation, match="deduplication_id"):
+            await memory.enqueue_many([EnqueueItem("q", b"x", 0, (("deduplication_id", "d"),))])
+        assert (await memory.stats(["q"]))["q"]["ready"] == 0
+    finally:
+        await memory.disconnect()
+
+
 # -- leases and fencing -------------------------------------------------------------------------
 
 

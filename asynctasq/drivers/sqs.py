@@ -75,12 +75,20 @@ from asynctasq.drivers._reconnect import Reconnect, one_line
 from asynctasq.drivers._wait import Waiter
 from asynctasq.drivers.base import (
     BaseDriver,
+    BrokerOptions,
     Delivery,
     EnqueueItem,
     FailedEntry,
     QueueStats,
 )
-from asynctasq.errors import BrokerError, BrokerUnavailable, ConfigError, DriverNotAvailable, InvalidQueueName
+from asynctasq.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigError,
+    DriverNotAvailable,
+    InvalidQueueName,
+    UnsupportedOperation,
+)
 from asynctasq.utils.urls import redact_url
 
 try:
@@ -106,7 +114,7 @@ for _name in ("botocore", "aiobotocore", "boto3", "aioboto3"):
         logging.getLogger(_name).setLevel(logging.INFO)
 
 _ID, _OFFSET, _DUE = "atq.id", "atq.n", "atq.due"
-_ORIGIN, _ERROR, _FAILED_AT = "atq.queue", "atq.error", "atq.at"
+_ORIGIN, _ERROR, _FAILED_AT, _GROUP = "atq.queue", "atq.error", "atq.at", "atq.group"
 _SQS_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,75}(\.fifo)?\Z")
 _FIFO = ".fifo"
 _FAILED_SUFFIX = "-failed"
@@ -132,6 +140,8 @@ _ERROR_MAX_BYTES = 8192
 _NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 """Characters SQS refuses in a message attribute."""
 _FAILED_SCAN_MAX = 100_000
+_SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount"]
+_FIFO_SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "MessageGroupId"]
 
 
 @dataclass(slots=True)
@@ -141,6 +151,8 @@ class _Lease:
     """Monotonic end of the lease as this process counts it (never later than SQS's)."""
     received: float
     """Monotonic time of the receive, for SQS's 12-hour visibility cap."""
+    group: str | None = None
+    """The message group of a FIFO queue's message: its re-sends (retry, give-back) keep it."""
 
 
 def _attr(value: str, data_type: str = "String") -> dict[str, str]:
@@ -195,6 +207,7 @@ class SQSDriver(BaseDriver):
     name = "sqs"
     signals_persist = True  # the long poll in flight stays out after a dequeue returns
     capabilities: ClassVar[frozenset[str]] = frozenset({"stats", "purge", "failed"})
+    broker_options: ClassVar[frozenset[str]] = frozenset({"message_group_id", "deduplication_id"})
     default_max_message_bytes: ClassVar[int] = (SQS_MAX_MESSAGE_BYTES - SQS_ATTRIBUTES_RESERVE_BYTES) * 3 // 4
 
     def __init__(
@@ -538,6 +551,7 @@ class SQSDriver(BaseDriver):
         delay: float,
         offset: int = 0,
         extra: dict[str, str] | None = None,
+        group: str | None = None,
     ) -> dict[str, Any]:
         attrs = {_ID: _attr(msg_id)}
         if offset > 0:
@@ -548,17 +562,21 @@ class SQSDriver(BaseDriver):
             seconds = SQS_MAX_DELAY_S
         for name, value in (extra or {}).items():
             attrs[name] = _attr(value)
-        return {
+        entry = {
             "Id": str(index),
             "MessageBody": base64.b64encode(body).decode("ascii"),
             "MessageAttributes": attrs,
             "DelaySeconds": seconds,
         }
+        if group is not None:
+            entry["MessageGroupId"] = group
+        return entry
 
     def _fifo_entry(self, entry: dict[str, Any]) -> dict[str, Any]:
         """A FIFO queue takes no per-message delay: the due time goes in ``atq.due`` and the
         first receive hides the message until then (one receive more: ``atq.n`` takes it back).
-        Every send gets its own deduplication id (a botocore retry of the same request reuses it)."""
+        A send without the dispatch's own deduplication id gets one of its own (a retry of the
+        same request reuses it, so SQS stores it once)."""
         attrs = entry["MessageAttributes"]
         seconds = entry.pop("DelaySeconds")
         if seconds > 0 and _DUE not in attrs:
@@ -567,7 +585,7 @@ class SQSDriver(BaseDriver):
             offset = int(attrs.get(_OFFSET, {}).get("StringValue", 0)) - 1
             attrs[_OFFSET] = _attr(str(offset), "Number")
         entry.setdefault("MessageGroupId", self.message_group_id)
-        entry["MessageDeduplicationId"] = uuid.uuid4().hex
+        entry.setdefault("MessageDeduplicationId", uuid.uuid4().hex)
         return entry
 
     async def _send(self, url: str, entries: Sequence[dict[str, Any]]) -> None:
@@ -648,11 +666,31 @@ class SQSDriver(BaseDriver):
 
     # -- contract --------------------------------------------------------------------------
 
+    def check_options(self, queue: str, options: BrokerOptions) -> None:
+        """``message_group_id`` and ``deduplication_id`` on FIFO queues only, each 1-128
+        letters, digits and punctuation (SQS's rule for both)."""
+        super().check_options(queue, options)
+        if not queue.endswith(_FIFO):
+            names = " and ".join(name for name, _ in options)
+            raise UnsupportedOperation(
+                f"{names} need an SQS FIFO queue (a name ending .fifo); {queue!r} is a standard "
+                "queue: dispatch to a .fifo queue, or drop the option"
+            )
+        for name, value in options:
+            if not _GROUP_ID_RE.match(value):
+                raise ConfigError(
+                    f"{name} {value[:140]!r} is not one SQS takes: use 1-128 letters, digits and "
+                    "punctuation (!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~), no spaces"
+                )
+
     async def _enqueue_many(self, items: Sequence[EnqueueItem]) -> list[str]:
         ids = [uuid.uuid4().hex for _ in items]
         by_queue: dict[str, list[dict[str, Any]]] = {}
         for i, (item, msg_id) in enumerate(zip(items, ids, strict=True)):
-            by_queue.setdefault(item.queue, []).append(self._entry(i, msg_id, item.body, item.delay))
+            entry = self._entry(i, msg_id, item.body, item.delay)
+            for name, value in item.options:  # checked by enqueue: FIFO queues only
+                entry["MessageGroupId" if name == "message_group_id" else "MessageDeduplicationId"] = value
+            by_queue.setdefault(item.queue, []).append(entry)
         urls = await asyncio.gather(*(self._url(q) for q in by_queue))
         await asyncio.gather(
             *(self._send(url, entries) for url, entries in zip(urls, by_queue.values(), strict=True))
@@ -665,6 +703,7 @@ class SQSDriver(BaseDriver):
         """One ReceiveMessage; the deliveries (chained delays re-sent, not returned) and how
         many messages SQS handed over."""
         url = await self._url(queue)
+        fifo = url.endswith(_FIFO)
         sent = time.monotonic()
         result = await self._call(
             "receive_message",
@@ -674,7 +713,7 @@ class SQSDriver(BaseDriver):
             WaitTimeSeconds=wait,
             VisibilityTimeout=self._visibility + (_LONG_POLL_MARGIN_S if wait else 0),
             MessageAttributeNames=["atq.*"],
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            MessageSystemAttributeNames=_FIFO_SYSTEM_ATTRIBUTES if fifo else _SYSTEM_ATTRIBUTES,
         )
         arrived = time.monotonic()
         messages = result.get("Messages") or []
@@ -695,7 +734,8 @@ class SQSDriver(BaseDriver):
             )
             return [], len(messages)
         for msg in messages:
-            count_seen = int(msg.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+            system = msg.get("Attributes", {})
+            count_seen = int(system.get("ApproximateReceiveCount", "1"))
             offset = int(_attr_value(msg, _OFFSET) or 0)
             handle = str(msg["ReceiptHandle"])
             delivery = Delivery(
@@ -705,7 +745,9 @@ class SQSDriver(BaseDriver):
                 handle,
                 max(1, count_seen + offset),
             )
-            self._leases[handle] = _Lease(url, received + self.lease_seconds, received)
+            self._leases[handle] = _Lease(
+                url, received + self.lease_seconds, received, system.get("MessageGroupId")
+            )
             due = _attr_value(msg, _DUE)
             if due is not None and float(due) - now > 0.5:
                 chained.append((msg, delivery))
@@ -731,7 +773,7 @@ class SQSDriver(BaseDriver):
         entries = []
         for i, (msg, d) in enumerate(chained):
             due = float(_attr_value(msg, _DUE) or now)
-            entries.append(self._entry(i, d.id, d.body, due - now, d.delivery_count - 1))
+            entries.append(self._entry(i, d.id, d.body, due - now, d.delivery_count - 1))  # not FIFO
         await self._send(url, entries)
         handles = [d.token for _, d in chained]
         await self._delete(url, handles)
@@ -859,24 +901,38 @@ class SQSDriver(BaseDriver):
         if lease is None:
             return False
         if body is None:  # give-back: re-publish uncounted, keeping the deliveries lost before
-            entry = self._entry(0, delivery.id, delivery.body, delay, delivery.delivery_count - 1)
+            entry = self._entry(
+                0, delivery.id, delivery.body, delay, delivery.delivery_count - 1, group=lease.group
+            )
         else:
-            entry = self._entry(0, delivery.id, body, delay)
+            entry = self._entry(0, delivery.id, body, delay, group=lease.group)
         await self._send(lease.url, [entry])
         await self._delete(lease.url, [delivery.token])  # only after the send was confirmed
         self._leases.pop(delivery.token, None)
         return True
 
+    async def _unlease(self, deliveries: Sequence[Delivery]) -> None:
+        """What a cancelled dequeue had leased: given back in batches (2 calls per 10)."""
+        try:
+            await self._give_back(deliveries)
+        except (BrokerError, OSError) as exc:  # their leases expire instead
+            log.warning("could not give back %d message(s) of a cancelled dequeue: %s", len(deliveries), exc)
+
     async def _give_back(self, deliveries: Sequence[Delivery]) -> None:
         """Give back many at once: re-publish uncounted, then delete (prefetched messages)."""
-        by_url: dict[str, list[Delivery]] = {}
+        by_url: dict[str, list[tuple[Delivery, _Lease]]] = {}
         for d in deliveries:
             lease = self._held(d)
             if lease is not None:
-                by_url.setdefault(lease.url, []).append(d)
-        for url, group in by_url.items():
+                by_url.setdefault(lease.url, []).append((d, lease))
+        for url, held in by_url.items():
+            group = [d for d, _ in held]
             await self._send(
-                url, [self._entry(i, d.id, d.body, 0, d.delivery_count - 1) for i, d in enumerate(group)]
+                url,
+                [
+                    self._entry(i, d.id, d.body, 0, d.delivery_count - 1, group=lease.group)
+                    for i, (d, lease) in enumerate(held)
+                ],
             )
             await self._delete(url, [d.token for d in group])
             for d in group:
@@ -893,7 +949,12 @@ class SQSDriver(BaseDriver):
             delivery.id,
             delivery.body,
             0,
-            extra={_ORIGIN: delivery.queue, _ERROR: error or "-", _FAILED_AT: f"{time.time():.3f}"},
+            extra={
+                _ORIGIN: delivery.queue,
+                _ERROR: error or "-",
+                _FAILED_AT: f"{time.time():.3f}",
+                **({_GROUP: lease.group} if lease.group else {}),
+            },
         )
         entry["MessageGroupId"] = delivery.id  # a FIFO failed queue: no order to keep, none blocks another
         await self._send(failed_url, [entry])
@@ -960,9 +1021,10 @@ class SQSDriver(BaseDriver):
                 self._failed_origin.setdefault(url, origin)
         return list(dict.fromkeys(urls + list(self._failed_urls.values())))
 
-    async def _scan(self, url: str, limit: int) -> list[tuple[FailedEntry, str]]:
-        """Receive up to ``limit`` failed messages (hidden for a while: put them back after)."""
-        found: list[tuple[FailedEntry, str]] = []
+    async def _scan(self, url: str, limit: int) -> list[tuple[FailedEntry, str, str | None]]:
+        """Receive up to ``limit`` failed messages (hidden for a while: put them back after):
+        each entry, its receipt handle and the message group it had (FIFO)."""
+        found: list[tuple[FailedEntry, str, str | None]] = []
         while len(found) < limit:
             want = min(SQS_MAX_BATCH, limit - len(found))
             result = await self._call(
@@ -987,7 +1049,7 @@ class SQSDriver(BaseDriver):
                     error=error,
                     failed_at=float(at) if at else sent_ms / 1000,
                 )
-                found.append((entry, str(msg["ReceiptHandle"])))
+                found.append((entry, str(msg["ReceiptHandle"]), _attr_value(msg, _GROUP)))
             if len(messages) < want:
                 break
         return found
@@ -1002,8 +1064,8 @@ class SQSDriver(BaseDriver):
         entries: list[FailedEntry] = []
         for url in await self._failed_queue_urls(queue):
             found = await self._scan(url, limit)
-            await self._unhide(url, [h for _, h in found])
-            entries += [e for e, _ in found if queue is None or e["queue"] == queue]
+            await self._unhide(url, [h for _, h, _ in found])
+            entries += [e for e, _, _ in found if queue is None or e["queue"] == queue]
         return sorted(entries, key=lambda e: e["failed_at"])[:limit]
 
     async def _failed_apply(self, ids: Iterable[str] | None, queue: str | None, requeue: bool) -> int:
@@ -1012,23 +1074,27 @@ class SQSDriver(BaseDriver):
         for url in await self._failed_queue_urls(queue):
             found = await self._scan(url, _FAILED_SCAN_MAX)
             hit = [
-                (e, h)
-                for e, h in found
+                (e, h, g)
+                for e, h, g in found
                 if (wanted is None or e["id"] in wanted) and (queue is None or e["queue"] == queue)
             ]
-            hit_handles = {h for _, h in hit}
-            await self._unhide(url, [h for _, h in found if h not in hit_handles])
+            hit_handles = {h for _, h, _ in hit}
+            await self._unhide(url, [h for _, h, _ in found if h not in hit_handles])
             if requeue:
                 by_queue: dict[str, list[FailedEntry]] = {}
-                for e, _ in hit:
+                groups = {e["id"]: g for e, _, g in hit if g}
+                for e, _, _ in hit:
                     by_queue.setdefault(e["queue"], []).append(e)
                 for origin, group in by_queue.items():
                     await self._send(
                         await self._url(origin),
-                        [self._entry(i, e["id"], e["body"], 0) for i, e in enumerate(group)],
+                        [
+                            self._entry(i, e["id"], e["body"], 0, group=groups.get(e["id"]))
+                            for i, e in enumerate(group)
+                        ],
                     )
                 self.wake_queues(by_queue)
-            total += len(await self._delete(url, [h for _, h in hit]))
+            total += len(await self._delete(url, [h for _, h, _ in hit]))
         return total
 
     async def failed_requeue(self, ids: Iterable[str] | None = None, queue: str | None = None) -> int:
