@@ -93,13 +93,13 @@ from asynctasq.utils.urls import redact_url
 
 try:
     import aioboto3
-    from botocore.config import Config as BotoConfig  # type: ignore[import-untyped, unused-ignore]
-    from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
+    from botocore.config import Config as BotoConfig
+    from botocore.exceptions import (
         ClientError,
         HTTPClientError,
         NoCredentialsError,
     )
-    from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
+    from botocore.exceptions import (
         ConnectionError as BotoConnectionError,
     )
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
