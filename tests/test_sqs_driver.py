@@ -229,6 +229,27 @@ async def test_give_back_keeps_lost_deliveries_but_costs_nothing(make_sqs: MakeS
     assert await driver.ack([fourth]) == [fourth]
 
 
+async def test_give_backs_at_the_same_moment_go_in_batches(make_sqs: MakeSQS, queue: str) -> None:
+    """A stopping worker gives back each running task from its own task, all at once: 12
+    give-backs cost 2 SendMessageBatch and 2 DeleteMessageBatch, not 12 of each; a stale one
+    among them is refused, and every message comes back uncounted."""
+    driver = await make_sqs()
+    await driver.enqueue_many([EnqueueItem(queue, b"%d" % i) for i in range(12)])
+    held = await driver.dequeue([queue], 10, wait=2)
+    held += await driver.dequeue([queue], 2, wait=2)
+    assert len(held) == 12
+    assert await driver.ack(held[:1]) == held[:1]  # acked: its give-back is refused
+    calls = sqs_backend.count_calls(driver)
+    given = await asyncio.gather(*(driver.release(d) for d in held))
+    assert given == [False] + [True] * 11
+    assert calls == {"SendMessageBatch": 2, "DeleteMessageBatch": 2}
+    back = await driver.dequeue([queue], 10, wait=2)
+    back += await driver.dequeue([queue], 10, wait=2)
+    assert sorted(d.body for d in back) == sorted(d.body for d in held[1:])
+    assert {d.delivery_count for d in back} == {1}
+    await driver.ack(back)
+
+
 async def test_delays_over_900s_are_chained(sqs: SQSDriver, queue: str) -> None:
     await sqs.enqueue(queue, b"much later", delay=3 * 3600)
     assert (await sqs.stats([queue]))[queue]["delayed"] == 1, "accepted, not refused"

@@ -12,7 +12,8 @@ message is due (``atq.due``).
   a message's visibility at 12 hours from its receive, and ``extend`` says so past it.
 - ``delivery_count`` is ``ApproximateReceiveCount`` plus ``atq.n``. SQS cannot lower a receive
   count, so a give-back re-publishes the message (send first, delete after) with ``atq.n``
-  keeping the deliveries that were lost before it: a give-back costs no attempt.
+  keeping the deliveries that were lost before it: a give-back costs no attempt. Give-backs
+  asked for at the same moment (a stopping worker's running tasks) go in batches of ten.
 - Delays: ``DelaySeconds`` up to 900 s; a longer one is sent with 900 s and ``atq.due``, and a
   receive before that time re-sends it with the rest of the delay (chained, never refused).
 - Waiting: one long poll (``WaitTimeSeconds``, default 20) per queue runs in the background
@@ -271,6 +272,7 @@ class SQSDriver(BaseDriver):
         self._polls: dict[str, asyncio.Task[None]] = {}
         self._poll_size = 1
         self._demand: dict[str, float] = {}
+        self._give_backs: list[tuple[Delivery, asyncio.Future[bool]]] = []
         self._closing = False
 
     @staticmethod
@@ -369,6 +371,7 @@ class SQSDriver(BaseDriver):
             return
         self._closing = True
         self.hub.wake_all()  # blocked dequeues find it closed
+        await self._settle_background()  # give-backs in flight
         polls = list(self._polls.values())
         self._polls.clear()
         for poll in polls:
@@ -900,6 +903,8 @@ class SQSDriver(BaseDriver):
         lease = self._held(delivery)
         if lease is None:
             return False
+        if body is None and delay == 0:
+            return await self._give_back_soon(delivery)
         if body is None:  # give-back: re-publish uncounted, keeping the deliveries lost before
             entry = self._entry(
                 0, delivery.id, delivery.body, delay, delivery.delivery_count - 1, group=lease.group
@@ -918,8 +923,35 @@ class SQSDriver(BaseDriver):
         except (BrokerError, OSError) as exc:  # their leases expire instead
             log.warning("could not give back %d message(s) of a cancelled dequeue: %s", len(deliveries), exc)
 
-    async def _give_back(self, deliveries: Sequence[Delivery]) -> None:
-        """Give back many at once: re-publish uncounted, then delete (prefetched messages)."""
+    async def _give_back_soon(self, delivery: Delivery) -> bool:
+        """A give-back, sent with the others asked for at the same moment: a worker stopping
+        gives back each of its running tasks from that task, all at once, so they go in
+        batches (2 calls per 10 messages instead of 2 each), one loop turn later."""
+        done = asyncio.get_running_loop().create_future()
+        self._give_backs.append((delivery, done))
+        if len(self._give_backs) == 1:
+            self._in_background(self._flush_give_backs())
+        result: bool = await done
+        return result
+
+    async def _flush_give_backs(self) -> None:
+        await asyncio.sleep(0)  # the give-backs of this moment join the batch
+        batch, self._give_backs = self._give_backs, []
+        try:
+            given = await self._give_back([d for d, _ in batch])
+        except BaseException as exc:
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for d, done in batch:
+            if not done.done():
+                done.set_result(d.token in given)
+
+    async def _give_back(self, deliveries: Sequence[Delivery]) -> set[str]:
+        """Give back many at once: re-publish uncounted, then delete; the tokens given back."""
         by_url: dict[str, list[tuple[Delivery, _Lease]]] = {}
         for d in deliveries:
             lease = self._held(d)
@@ -937,6 +969,7 @@ class SQSDriver(BaseDriver):
             await self._delete(url, [d.token for d in group])
             for d in group:
                 self._leases.pop(d.token, None)
+        return {d.token for held in by_url.values() for d, _ in held}
 
     async def _fail(self, delivery: Delivery, error: str) -> bool:
         lease = self._held(delivery)
