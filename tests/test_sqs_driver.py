@@ -430,14 +430,14 @@ async def test_fencing_is_not_claimed_and_stale_tokens_are_refused_locally(
 async def test_a_late_answer_never_leaves_a_lease_sqs_has_released(
     make_sqs: MakeSQS, namespace: str, queue: str
 ) -> None:
-    """The answer of a long poll reaches the driver 1.2 s after SQS handed the message out
+    """The answer of a long poll reaches the driver 1 s after SQS handed the message out
     (through a relay that holds back moto's answers): the driver's own lease must end before
     SQS's visibility does, so once a second consumer can receive the message, the first one's
     ack is refused (no call: it could delete the copy the other one runs). Before the fix,
     the local lease ran from the answer and outlived SQS's by about a second."""
     target = urlsplit(sqs_backend.endpoint()).port
     assert target is not None
-    relay = sqs_backend.Relay(target, answer_delay_s=1.2)
+    relay = sqs_backend.Relay(target, answer_delay_s=1.0)
     try:
         await relay.start()
         prefix = f"{relay.url}/{sqs_backend.ACCOUNT}/{namespace}-"  # the same queues, via the relay
