@@ -32,9 +32,11 @@ message is due (``atq.due``).
   starts it when it hands the message out, and the answer may take that long to be read). A
   worker paused past its lease can thus still delete a copy that another worker holds only if
   SQS takes a stale handle within the moments around expiry: at-least-once, never lost.
-- FIFO queues (names ending ``.fifo``): one message group (``message_group_id``), a
-  deduplication id per send; no per-message delay there, so a delayed message is hidden by its
-  first receive until due (``atq.n`` = -1 takes that receive back).
+- FIFO queues (names ending ``.fifo``): the message group and deduplication id of a dispatch
+  (``TaskCall.broker_options``), else the driver's ``message_group_id`` and a deduplication id
+  per send; retries and give-backs keep the group (read back on receive). No per-message delay
+  there, so a delayed message is hidden by its first receive until due (``atq.n`` = -1 takes
+  that receive back).
 - No results, worker registry or remote commands (UnsupportedOperation).
 """
 
@@ -201,9 +203,10 @@ class SQSDriver(BaseDriver):
     optionally followed by a queue name prefix), ``endpoint_url`` (moto, LocalStack),
     ``aws_access_key_id`` / ``aws_secret_access_key`` (default: the AWS credential chain),
     ``create_queues`` (create missing queues and failed queues on first use), ``message_group_id``
-    (of the messages sent to FIFO queues, names ending ``.fifo``), ``wait_time_seconds``
-    (long poll, 1-20), ``max_pool_connections``, ``reconnect_timeout``, plus ``lease_seconds``
-    and ``max_message_bytes`` (raw task-message bytes; base64 must fit SQS's 1 MiB)."""
+    (of the messages sent to FIFO queues, names ending ``.fifo``, whose dispatch names none),
+    ``wait_time_seconds`` (long poll, 1-20), ``max_pool_connections``, ``reconnect_timeout``,
+    plus ``lease_seconds`` and ``max_message_bytes`` (raw task-message bytes; base64 must fit
+    SQS's 1 MiB)."""
 
     name = "sqs"
     signals_persist = True  # the long poll in flight stays out after a dequeue returns
