@@ -462,6 +462,20 @@ async def test_a_late_answer_never_leaves_a_lease_sqs_has_released(
         await asyncio.to_thread(relay.close)
 
 
+async def test_visibility_asked_for_stays_within_the_12_hour_cap(make_sqs: MakeSQS, queue: str) -> None:
+    """A lease at SQS's 12-hour cap: the long poll's 2 s margin comes out of the local lease,
+    not on top of the visibility SQS would refuse."""
+    driver = await make_sqs(lease_seconds=43200, wait_time_seconds=1)
+    asked: list[int] = []
+
+    def capture(params: dict[str, Any], **_: Any) -> None:
+        asked.append(params["VisibilityTimeout"])
+
+    driver._client.meta.events.register("provide-client-params.sqs.ReceiveMessage", capture)
+    assert await driver.dequeue([queue], 1, wait=1.5) == []  # a short poll, then a long one
+    assert len(asked) >= 2 and set(asked) == {43200}
+
+
 async def test_extend_stops_with_a_clear_error_at_the_12_hour_cap(
     sqs: SQSDriver, queue: str, caplog: pytest.LogCaptureFixture
 ) -> None:

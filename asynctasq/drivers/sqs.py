@@ -710,6 +710,9 @@ class SQSDriver(BaseDriver):
         many messages SQS handed over."""
         url = await self._url(queue)
         fifo = url.endswith(_FIFO)
+        margin = _LONG_POLL_MARGIN_S if wait else 0
+        visibility = min(SQS_MAX_VISIBILITY_S, self._visibility + margin)
+        lease_s = min(self.lease_seconds, visibility - margin)  # SQS's 12-hour cap takes the margin
         sent = time.monotonic()
         result = await self._call(
             "receive_message",
@@ -717,7 +720,7 @@ class SQSDriver(BaseDriver):
             QueueUrl=url,
             MaxNumberOfMessages=count,
             WaitTimeSeconds=wait,
-            VisibilityTimeout=self._visibility + (_LONG_POLL_MARGIN_S if wait else 0),
+            VisibilityTimeout=visibility,
             MessageAttributeNames=["atq.*"],
             MessageSystemAttributeNames=_FIFO_SYSTEM_ATTRIBUTES if fifo else _SYSTEM_ATTRIBUTES,
         )
@@ -730,7 +733,7 @@ class SQSDriver(BaseDriver):
         chained: list[tuple[dict[str, Any], Delivery]] = []
         now = time.time()
         self._forget_expired()
-        if messages and received + self.lease_seconds <= arrived + _RECEIVE_SLACK_S:
+        if messages and received + lease_s <= arrived + _RECEIVE_SLACK_S:
             log.warning(
                 "an SQS answer came %.1fs after its request, past the lease (%ss): its %d message(s) "
                 "come back when their visibility ends (counted as lost deliveries)",
@@ -751,9 +754,7 @@ class SQSDriver(BaseDriver):
                 handle,
                 max(1, count_seen + offset),
             )
-            self._leases[handle] = _Lease(
-                url, received + self.lease_seconds, received, system.get("MessageGroupId")
-            )
+            self._leases[handle] = _Lease(url, received + lease_s, received, system.get("MessageGroupId"))
             due = _attr_value(msg, _DUE)
             if due is not None and float(due) - now > 0.5:
                 chained.append((msg, delivery))
