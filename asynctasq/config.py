@@ -235,7 +235,9 @@ class Config:
         False, "Create missing queues (and their -failed queues) on first use.", group="sqs"
     )
     sqs_message_group_id: str = _setting(
-        c.DEFAULT_SQS_MESSAGE_GROUP_ID, "Message group of tasks sent to FIFO (.fifo) queues.", group="sqs"
+        c.DEFAULT_SQS_MESSAGE_GROUP_ID,
+        "Message group of tasks sent to FIFO (.fifo) queues that name none (broker_options).",
+        group="sqs",
     )
     sqs_wait_time_seconds: int = _setting(
         c.DEFAULT_SQS_WAIT_TIME_S, "Long poll of an idle worker, 1-20 seconds.", group="sqs"

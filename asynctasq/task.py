@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Generic, NamedTuple, ParamSpec, TypedDict, Typ
 
 from asynctasq.config import Config, get_config
 from asynctasq.constants import DEFAULT_DISPATCH_TIMEOUT_S
-from asynctasq.drivers.base import BaseDriver, EnqueueItem, validate_queue_name
+from asynctasq.drivers.base import BROKER_OPTIONS, BaseDriver, BrokerOptions, EnqueueItem, validate_queue_name
 from asynctasq.errors import ResultTimeout, TaskDefinitionError, TaskFailed
 from asynctasq.message import Envelope
 from asynctasq.registry import TaskDefinition, is_async_callable, registry
@@ -72,6 +72,7 @@ class TaskCall:
     __slots__ = (
         "_delay",
         "_max_attempts",
+        "_options",
         "_queue",
         "_retry_after",
         "_timeout",
@@ -89,6 +90,7 @@ class TaskCall:
         self._max_attempts: int | None = None
         self._timeout: float | None = None
         self._retry_after: float | None = None
+        self._options: BrokerOptions = ()
 
     def on_queue(self, queue: str) -> TaskCall:
         self._queue = validate_queue_name(queue)
@@ -115,6 +117,21 @@ class TaskCall:
         self._retry_after = seconds
         return self
 
+    def broker_options(self, **options: str) -> TaskCall:
+        """Options for the broker, not the task: ``message_group_id`` and ``deduplication_id``
+        for SQS FIFO queues (docs/drivers/sqs.md). A driver that cannot honour one refuses the
+        dispatch with :class:`UnsupportedOperation`; none is ever dropped silently."""
+        unknown = sorted(set(options) - BROKER_OPTIONS)
+        if unknown:
+            raise TaskDefinitionError(
+                f"unknown broker option(s) {', '.join(unknown)}: use {', '.join(sorted(BROKER_OPTIONS))}"
+            )
+        for name, value in options.items():
+            if not isinstance(value, str) or not value:
+                raise TaskDefinitionError(f"broker option {name} must be a non-empty string")
+        self._options = tuple(sorted({**dict(self._options), **options}.items()))
+        return self
+
     def envelope(self, config: Config, queue: str | None = None) -> Envelope:
         """The message of this call, its defaults from ``config``; ``queue`` overrides the
         call's queue (``Queue("low").enqueue(...)``)."""
@@ -136,7 +153,8 @@ class TaskCall:
     def encode(self, config: Config) -> EnqueueItem:
         env = self.envelope(config)
         signer = Signer.from_settings(config.signing_key, config.signing_old_keys)
-        return EnqueueItem(env.queue, env.encode(get_serializer(config.serializer), signer), self._delay)
+        body = env.encode(get_serializer(config.serializer), signer)
+        return EnqueueItem(env.queue, body, self._delay, self._options)
 
     async def dispatch(self, driver: BaseDriver | None = None) -> str:
         """Enqueue the task; return its id. ``driver`` defaults to the configured one."""
@@ -405,7 +423,9 @@ class Producer:
         env = tc.envelope(self.config, queue)
         index = self.connection_index(env.queue)
         body = env.encode(self._serializers[index], self._signers[index])
-        return Encoded(index, env.id, EnqueueItem(env.queue, body, tc._delay if delay is None else delay))
+        return Encoded(
+            index, env.id, EnqueueItem(env.queue, body, tc._delay if delay is None else delay, tc._options)
+        )
 
     async def send(self, encoded: Sequence[Encoded], driver: BaseDriver | None = None) -> list[str]:
         """Enqueue encoded calls, one batch per connection (one in all on ``driver``); return
@@ -425,7 +445,8 @@ class Producer:
         for index, items in batches.items():
             target = driver or self._ready.get(index) or await self.driver(index)
             if len(encoded) == 1:  # one call: the single enqueue
-                got = [await target.enqueue(items[0].queue, items[0].body, items[0].delay)]
+                item = items[0]
+                got = [await target.enqueue(item.queue, item.body, item.delay, options=item.options)]
             else:
                 got = await target.enqueue_many(items)
             for position, message_id in zip(positions[index], got, strict=True):
@@ -439,7 +460,7 @@ class Producer:
         index = 0 if self._route is None else self._route(env.queue)
         body = env.encode(self._serializers[index], self._signers[index])
         target = driver or self._ready.get(index) or await self.driver(index)
-        await target.enqueue(env.queue, body, tc._delay)
+        await target.enqueue(env.queue, body, tc._delay, options=tc._options)
         return env.id
 
     async def dispatch_many(
@@ -458,12 +479,13 @@ class Producer:
         for call in calls:
             tc = call.call() if isinstance(call, Task) else call
             env = tc.envelope(config)
-            items.append(EnqueueItem(env.queue, env.encode(serializer, signer), tc._delay))
+            items.append(EnqueueItem(env.queue, env.encode(serializer, signer), tc._delay, tc._options))
             ids.append(env.id)
         if items:
             target = driver or self._ready.get(0) or await self.driver(0)
             if len(items) == 1:
-                await target.enqueue(items[0].queue, items[0].body, items[0].delay)
+                item = items[0]
+                await target.enqueue(item.queue, item.body, item.delay, options=item.options)
             else:
                 await target.enqueue_many(items)
         return ids

@@ -8,7 +8,9 @@ methods below are the contract the worker and users rely on:
 
 - ``enqueue`` / ``enqueue_many``: durable when they return; ``delay`` hides a message for that
   many seconds. A message over ``max_message_bytes`` raises :class:`MessageTooLarge` before
-  anything reaches the broker.
+  anything reaches the broker, and so does a broker option (``EnqueueItem.options``, from
+  ``TaskCall.broker_options``) the driver does not list in ``broker_options``
+  (:class:`UnsupportedOperation`): an option is honoured or refused, never dropped.
 - ``dequeue(queues, limit, wait)``: up to ``limit`` messages, taken from ``queues`` in the
   order given (the first queue is drained first), waiting up to ``wait`` seconds for the first
   one without a fixed sleep loop where the broker can wake us. Each message comes back leased
@@ -106,10 +108,19 @@ class Delivery:
     """Deliveries since the message was last written: 1 on the first."""
 
 
+BrokerOptions = tuple[tuple[str, str], ...]
+"""Per-message broker options, ``(name, value)`` pairs sorted by name (hashable, immutable)."""
+BROKER_OPTIONS = frozenset({"message_group_id", "deduplication_id"})
+"""Every per-message option some driver honours (SQS FIFO queues: both)."""
+
+
 class EnqueueItem(NamedTuple):
     queue: str
     body: bytes
     delay: float = 0.0
+    options: BrokerOptions = ()
+    """Broker options of this message (``TaskCall.broker_options``); a driver refuses any it
+    does not list in ``BaseDriver.broker_options``."""
 
 
 class QueueStats(TypedDict):
@@ -159,6 +170,9 @@ class BaseDriver(ABC):
     capabilities: ClassVar[frozenset[str]] = frozenset()
     default_max_message_bytes: ClassVar[int] = DEFAULT_MAX_MESSAGE_BYTES
     """The driver's own limit; the broker's where it is lower than ours."""
+    broker_options: ClassVar[frozenset[str]] = frozenset()
+    """The per-message options (``EnqueueItem.options``) this driver honours; an item with any
+    other is refused with :class:`UnsupportedOperation` before anything reaches the broker."""
     signals_persist: ClassVar[bool] = False
     """True when the broker keeps a wake-up until a waiter takes it (Redis wake lists, an SQS
     long poll, a consumer's buffer), so a wait need not repeat the claim it follows; False
@@ -168,7 +182,7 @@ class BaseDriver(ABC):
     ``dequeue`` is cancelled meanwhile, and what it leased is given back (safe for any client
     library, at the cost of a task and a loop iteration per claim). False: the driver's
     ``_claim`` runs in the caller's task and gives back by itself what it leased when it is
-    cancelled (``_give_back_soon``), as the memory, SQLite and Redis drivers do."""
+    cancelled (``_unlease_soon``), as the memory, SQLite and Redis drivers do."""
 
     def __init__(
         self, *, lease_seconds: float = DEFAULT_LEASE_S, max_message_bytes: int | None = None
@@ -251,13 +265,27 @@ class BaseDriver(ABC):
         if len(body) > self.max_message_bytes:
             raise MessageTooLarge(len(body), self.max_message_bytes, self.name)
 
-    async def enqueue(self, queue: str, body: bytes, delay: float = 0.0) -> str:
+    def check_options(self, queue: str, options: BrokerOptions) -> None:
+        """Raise unless this driver honours every one of ``options`` for ``queue``; a driver
+        that takes some overrides it to check their values too."""
+        unknown = sorted({name for name, _ in options} - self.broker_options)
+        if unknown:
+            raise UnsupportedOperation(
+                f"the {self.name} driver does not support the broker option(s) {', '.join(unknown)} "
+                "(SQS FIFO queues take message_group_id and deduplication_id): drop them from the dispatch"
+            )
+
+    async def enqueue(
+        self, queue: str, body: bytes, delay: float = 0.0, *, options: BrokerOptions = ()
+    ) -> str:
         """Store one message; return the driver's id for it."""
         if queue not in _valid_queue_names:
             validate_queue_name(queue)
         if len(body) > self.max_message_bytes:
             self.check_message(body)
-        msg_id = await self._enqueue(EnqueueItem(queue, body, float(delay) if delay > 0 else 0.0))
+        if options:
+            self.check_options(queue, options)
+        msg_id = await self._enqueue(EnqueueItem(queue, body, float(delay) if delay > 0 else 0.0, options))
         hub = self._hub if self._hub is not None else self.hub
         if hub:
             hub.wake([queue_key(queue)])
@@ -273,6 +301,8 @@ class BaseDriver(ABC):
             validate_queue_name(item.queue)
             if len(item.body) > limit:
                 self.check_message(item.body)
+            if item.options:
+                self.check_options(item.queue, item.options)
             negative = negative or item.delay < 0
         checked = [i._replace(delay=max(i.delay, 0.0)) for i in items] if negative else items
         ids = await self._enqueue_many(checked)
@@ -323,7 +353,7 @@ class BaseDriver(ABC):
         await self._unlease(deliveries)
         self.wake_queues({d.queue for d in deliveries})
 
-    def _give_back_soon(self, deliveries: Sequence[Delivery]) -> None:
+    def _unlease_soon(self, deliveries: Sequence[Delivery]) -> None:
         """Give back, uncounted and in the background, what a claim leased for a caller that
         was cancelled (for drivers whose ``_claim`` runs unshielded)."""
         if deliveries:

@@ -421,7 +421,7 @@ class RedisDriver(BaseDriver):
 
         def orphan(reply: Any) -> None:  # the claim in flight when the caller was cancelled
             if isinstance(reply, list):
-                self._give_back_soon(_claimed(queue, reply))
+                self._unlease_soon(_claimed(queue, reply))
 
         try:
             for queue in queues:
@@ -443,7 +443,7 @@ class RedisDriver(BaseDriver):
                 if len(out) >= limit:
                     break
         except asyncio.CancelledError:
-            self._give_back_soon(out)  # what earlier queues gave; the one in flight: orphan()
+            self._unlease_soon(out)  # what earlier queues gave; the one in flight: orphan()
             raise
         if not out:
             if len(self._hints) >= MAX_HINTS:

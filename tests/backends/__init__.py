@@ -25,9 +25,6 @@ BACKENDS = ["memory", "postgres", "sqlite", "redis", "mysql", "sqs", "rabbitmq"]
 RELIABILITY_PENDING: dict[str, str] = {
     "mysql": "no restartable_broker hook yet; an unreachable server is retried for the whole "
     "reconnect timeout at connect (60 s) instead of failing in one line",
-    "sqs": "no restartable_broker hook yet (moto keeps no state across a restart); the delayed "
-    "storm ran one task twice and kill-half/stop-half takes 160 s on moto; an unreachable "
-    "endpoint is retried past the test's 90 s",
     "rabbitmq": "no restartable_broker hook yet; the state machine reported a message it could "
     "not dequeue again (b'm2') and stats it cannot give; the paused worker's late ack test "
     "failed; an unreachable broker is retried for the whole reconnect timeout at connect",
