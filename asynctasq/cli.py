@@ -522,10 +522,19 @@ def migrate(*, flags: dict[str, Any]) -> None:
 # -- failed registry -----------------------------------------------------------------------
 
 
+_TASK_FILTER = typer.Option("--task", help="Only this task name.")
+_OLDER = typer.Option("--older-than", help="Only entries that failed more than this many seconds ago.")
+_NEWER = typer.Option("--newer-than", help="Only entries that failed less than this many seconds ago.")
+_ONLY_QUEUE = typer.Option("--queue", "-q", help="Only this queue.")
+
+
 @failed_app.command("list")
 @with_settings("general")
 def failed_list(
-    queue: Annotated[Optional[str], typer.Option("--queue", "-q", help="Only this queue.")] = None,  # noqa: UP045
+    queue: Annotated[Optional[str], _ONLY_QUEUE] = None,  # noqa: UP045
+    task: Annotated[Optional[str], _TASK_FILTER] = None,  # noqa: UP045
+    older_than: Annotated[Optional[float], _OLDER] = None,  # noqa: UP045
+    newer_than: Annotated[Optional[float], _NEWER] = None,  # noqa: UP045
     limit: Annotated[int, typer.Option(help="Most entries shown.")] = 50,
     *,
     flags: dict[str, Any],
@@ -534,39 +543,87 @@ def failed_list(
     config = _config(flags)
 
     async def main(driver: Any) -> None:
-        from asynctasq.message import Envelope
+        from asynctasq.ops import failed_tasks
 
-        entries = await driver.failed_list(queue, limit)
-        for e in entries:
-            try:
-                env = Envelope.decode(e["body"], accept_pickle=False)
-                what = f"{env.task} [{env.id}]"
-            except AsyncTasQError:
-                what = "<undecodable>"
+        found = await failed_tasks(
+            driver, queue=queue, task=task, older_than=older_than, newer_than=newer_than, limit=limit
+        )
+        for f in found:
+            e = f.entry
+            what = f"{f.task} [{f.task_id}]" if f.envelope is not None else "<undecodable>"
             error = (e["error"].strip().splitlines() or ["?"])[-1]
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["failed_at"]))
             typer.echo(f"{e['id']}  {stamp}  {e['queue']}  {what}  {error}")
-        typer.echo(f"{len(entries)} failed task(s)")
+        typer.echo(f"{len(found)} failed task(s)")
 
     _run(_with_driver(config, main))
 
 
-_IDS = typer.Argument(help="Ids from `failed list`.")
-_ONLY_QUEUE = typer.Option("--queue", "-q", help="Only this queue.")
+@failed_app.command("show")
+@with_settings("general")
+def failed_show(
+    task_id: Annotated[str, typer.Argument(help="A task id (what dispatch printed) or an entry id.")],
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Show one failed task: its call, attempts and the whole error."""
+    config = _config(flags)
+
+    async def main(driver: Any) -> Any:
+        from asynctasq.ops import failed_tasks
+
+        found = await failed_tasks(driver, ids=[task_id])
+        return found[0] if found else None
+
+    f = _run(_with_driver(config, main))
+    if f is None:
+        raise _fail(f"no failed task {task_id!r} (see `asynctasq failed list`)")
+    e, env = f.entry, f.envelope
+    typer.echo(f"entry:     {e['id']}")
+    typer.echo(f"queue:     {e['queue']}")
+    typer.echo(f"failed at: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['failed_at']))}")
+    if env is not None:
+        typer.echo(f"task:      {env.task}")
+        typer.echo(f"id:        {env.id}")
+        typer.echo(f"args:      {json.dumps(env.args, default=repr)}")
+        typer.echo(f"kwargs:    {json.dumps(env.kwargs, default=repr)}")
+        typer.echo(f"attempt:   {env.attempt} of {env.max_attempts}")
+        enqueued = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(env.enqueued_at))
+        typer.echo(f"enqueued:  {enqueued}")
+    else:
+        typer.echo("message:   undecodable")
+    typer.echo("error:")
+    typer.echo(e["error"].rstrip())
+
+
+_IDS = typer.Argument(help="Entry ids from `failed list`, or task ids.")
 _ALL = typer.Option("--all", help="Every failed task.")
 
 
 def _failed_bulk(
-    action: str, ids: list[str] | None, queue: str | None, all_: bool, flags: dict[str, Any]
+    action: str,
+    ids: list[str] | None,
+    queue: str | None,
+    task: str | None,
+    older_than: float | None,
+    all_: bool,
+    flags: dict[str, Any],
 ) -> int:
-    """Run ``driver.failed_<action>`` on the selected entries; return how many it touched."""
-    if not ids and not queue and not all_:
-        raise _fail("name ids, --queue or --all", 2)
+    """``requeue`` or ``purge`` the selected entries; return how many it touched."""
+    if not (ids or queue or task or older_than is not None or all_):
+        raise _fail("name ids, --queue, --task, --older-than or --all", 2)
     config = _config(flags)
 
     async def main(driver: Any) -> int:
-        count: int = await getattr(driver, f"failed_{action}")(ids or None, queue)
-        return count
+        from asynctasq.ops import failed_tasks, requeue_failed
+        from asynctasq.serializers import get_serializer
+        from asynctasq.signing import Signer
+
+        found = await failed_tasks(driver, queue=queue, task=task, older_than=older_than, ids=ids or None)
+        if action == "purge":
+            return int(await driver.failed_purge([f.entry["id"] for f in found])) if found else 0
+        signer = Signer.from_settings(config.signing_key, config.signing_old_keys)
+        return await requeue_failed(driver, found, get_serializer(config.serializer), signer)
 
     return _run(_with_driver(config, main))
 
@@ -576,12 +633,14 @@ def _failed_bulk(
 def failed_requeue(
     ids: Annotated[Optional[list[str]], _IDS] = None,  # noqa: UP045
     queue: Annotated[Optional[str], _ONLY_QUEUE] = None,  # noqa: UP045
+    task: Annotated[Optional[str], _TASK_FILTER] = None,  # noqa: UP045
+    older_than: Annotated[Optional[float], _OLDER] = None,  # noqa: UP045
     all_: Annotated[bool, _ALL] = False,
     *,
     flags: dict[str, Any],
 ) -> None:
-    """Put failed tasks back on their queue."""
-    typer.echo(f"requeued {_failed_bulk('requeue', ids, queue, all_, flags)} task(s)")
+    """Put failed tasks back on their queue: the same task id, attempts from 1."""
+    typer.echo(f"requeued {_failed_bulk('requeue', ids, queue, task, older_than, all_, flags)} task(s)")
 
 
 @failed_app.command("purge")
@@ -589,12 +648,14 @@ def failed_requeue(
 def failed_purge(
     ids: Annotated[Optional[list[str]], _IDS] = None,  # noqa: UP045
     queue: Annotated[Optional[str], _ONLY_QUEUE] = None,  # noqa: UP045
+    task: Annotated[Optional[str], _TASK_FILTER] = None,  # noqa: UP045
+    older_than: Annotated[Optional[float], _OLDER] = None,  # noqa: UP045
     all_: Annotated[bool, _ALL] = False,
     *,
     flags: dict[str, Any],
 ) -> None:
     """Delete failed tasks for good."""
-    typer.echo(f"purged {_failed_bulk('purge', ids, queue, all_, flags)} task(s)")
+    typer.echo(f"purged {_failed_bulk('purge', ids, queue, task, older_than, all_, flags)} task(s)")
 
 
 try:  # typer >= 0.22 carries its own click

@@ -192,3 +192,86 @@ def systemd_unit(worker_args: list[str], *, template: bool = False, cwd: str | N
 
 
 __all__ = ["Snapshot", "broadcast", "render", "snapshot", "systemd_unit", "tables", "watch"]
+
+
+# -- the failed registry, filtered (failed list / show / requeue / purge) -------------------------
+
+FAILED_SCAN_LIMIT = 100_000
+"""Most failed entries read to filter by task name or age (the driver filters by queue)."""
+
+
+@dataclass
+class FailedTask:
+    """A failed-registry entry with its decoded message (``envelope`` None: undecodable)."""
+
+    entry: Any
+    envelope: Any
+
+    @property
+    def task_id(self) -> str | None:
+        return None if self.envelope is None else str(self.envelope.id)
+
+    @property
+    def task(self) -> str | None:
+        return None if self.envelope is None else str(self.envelope.task)
+
+
+async def failed_tasks(
+    driver: BaseDriver,
+    *,
+    queue: str | None = None,
+    task: str | None = None,
+    older_than: float | None = None,
+    newer_than: float | None = None,
+    ids: list[str] | None = None,
+    limit: int = FAILED_SCAN_LIMIT,
+) -> list[FailedTask]:
+    """Failed entries matching every filter given: ``ids`` are entry or task ids, ages in
+    seconds since the failure."""
+    from asynctasq.message import Envelope
+    from asynctasq.signing import strip_signature
+
+    now = time.time()
+    filtered = task is not None or older_than is not None or newer_than is not None or bool(ids)
+    scan = FAILED_SCAN_LIMIT if filtered else limit
+    out = []
+    for entry in await driver.failed_list(queue, scan):
+        try:
+            envelope: Any = Envelope.decode(strip_signature(entry["body"]), accept_pickle=False)
+        except Exception:  # noqa: BLE001 - an undecodable entry is listed as such
+            envelope = None
+        found = FailedTask(entry, envelope)
+        age = now - float(entry["failed_at"])
+        if task is not None and found.task != task:
+            continue
+        if older_than is not None and age < older_than:
+            continue
+        if newer_than is not None and age > newer_than:
+            continue
+        if ids and entry["id"] not in ids and found.task_id not in ids:
+            continue
+        out.append(found)
+        if len(out) >= limit:
+            break
+    return out
+
+
+async def requeue_failed(driver: BaseDriver, found: list[FailedTask], serializer: Any, signer: Any) -> int:
+    """Put ``found`` back on their queues as new runs: the same task id, attempts from 1. An
+    entry that cannot be decoded (or re-signed) goes back as it is, through the driver."""
+    from asynctasq.drivers.base import EnqueueItem
+
+    fresh, raw = [], []
+    for f in found:
+        if f.envelope is None:
+            raw.append(f.entry["id"])
+            continue
+        f.envelope.attempt = 1
+        fresh.append((f.entry["id"], EnqueueItem(f.entry["queue"], f.envelope.encode(serializer, signer))))
+    if fresh:  # enqueue first, then drop the entries: a crash in between duplicates, never loses
+        await driver.enqueue_many([item for _, item in fresh])
+        await driver.failed_purge([entry_id for entry_id, _ in fresh])
+    moved = len(fresh)
+    if raw:
+        moved += await driver.failed_requeue(raw)
+    return moved
