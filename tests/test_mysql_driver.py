@@ -370,6 +370,29 @@ async def test_idle_wait_costs_few_queries_and_still_sees_other_processes(
         assert time.monotonic() - started < 0.3 + 1.0, "picked up within about one idle interval"
 
 
+async def test_a_dequeue_that_does_not_wait_sees_rows_made_ready_elsewhere(
+    make: Callable[..., Awaitable[MySQLDriver]],
+) -> None:
+    """The idle probe's answer is not the truth for ``wait=0``: after an empty claim, a row
+    another driver enqueues, releases or lets expire is claimed by the next ``dequeue(wait=0)``."""
+    consumer, other = await make(), await make()
+    assert await consumer.dequeue(["q"], 1, wait=0) == []
+    await other.enqueue("q", b"new")
+    [got] = await consumer.dequeue(["q"], 1, wait=0)
+    assert await consumer.dequeue(["q"], 1, wait=0) == []
+    assert await consumer.release(got, 0.0) is True
+    [again] = await consumer.dequeue(["q"], 1, wait=0)
+    assert again.body == b"new" and again.delivery_count == 1
+    await consumer.ack([again])
+    await other.enqueue("q", b"leased")
+    [held] = await other.dequeue(["q"], 1, wait=0)
+    assert await consumer.dequeue(["q"], 1, wait=0) == []
+    assert await other.extend([held], 0.05) == [held]
+    await asyncio.sleep(0.2)  # the lease's own deadline
+    [expired] = await consumer.dequeue(["q"], 1, wait=0)
+    assert expired.body == b"leased" and expired.delivery_count == 2
+
+
 async def driver_queries(driver: MySQLDriver, call: Callable[[], Awaitable[Any]]) -> tuple[Any, int]:
     """What ``call()`` returned, and how many round trips the driver made meanwhile."""
     count = 0
@@ -440,15 +463,22 @@ async def test_reconnects_after_the_server_drops_its_connections(
     assert await count_rows(driver) == 0
 
 
-async def test_unreachable_server_is_a_clear_error_without_the_password() -> None:
-    driver = MySQLDriver(
-        "mysql://root:hunter2@127.0.0.1:1/test", connect_timeout_s=0.5, reconnect_timeout_s=0.5
-    )
+@pytest.mark.parametrize("call", ["connect", "enqueue", "migrate"])
+async def test_unreachable_server_fails_at_once_without_the_password(call: str) -> None:
+    """With the default timeouts: a server that was never reached is one BrokerUnavailable at
+    once (the reconnect budget is for connections lost after one existed)."""
+    driver = MySQLDriver("mysql://root:hunter2@127.0.0.1:1/test")
     started = time.monotonic()
     with pytest.raises(BrokerUnavailable) as info:
-        await driver.connect()
-    assert time.monotonic() - started < 10
+        if call == "connect":
+            await driver.connect()
+        elif call == "enqueue":
+            await driver.enqueue("q", b"x")
+        else:
+            await driver.migrate()
+    assert time.monotonic() - started < 3, "no reconnect loop before the first connection"
     text = str(info.value)
+    assert "\n" not in text
     assert "MySQL at 127.0.0.1:1/test" in text and "--mysql-dsn" in text and "hunter2" not in text
 
 

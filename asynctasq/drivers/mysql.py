@@ -302,7 +302,9 @@ class MySQLDriver(BaseDriver):
             off: a waiting dequeue then wakes only for producers in this process and for the
             delayed messages and leases it saw falling due.
         reconnect_timeout_s: how long an operation retries a lost server before it raises.
-        connect_timeout_s: how long ``connect()`` retries a server that is not up yet.
+        connect_timeout_s: how long one connection attempt (TCP and handshake) may take.
+            ``connect()`` tries once: a server that is not there is a ``BrokerUnavailable``
+            at once; only connections lost after that are retried (``reconnect_timeout_s``).
         failed_retention_s: failed entries older than this are deleted (0 keeps them).
     """
 
@@ -395,7 +397,7 @@ class MySQLDriver(BaseDriver):
 
     def _connect_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self._options)
-        kwargs.setdefault("connect_timeout", min(self.connect_timeout_s, 10.0))
+        kwargs.setdefault("connect_timeout", self.connect_timeout_s)
         kwargs.update(autocommit=True, cursorclass=_QuietCursor, client_flag=_CLIENT_FOUND_ROWS)
         return kwargs
 
@@ -417,20 +419,24 @@ class MySQLDriver(BaseDriver):
             if self._pool is not None:
                 return
             self._closed = False
-            init = await self._reconnect.run(self._prepare, timeout_s=self.connect_timeout_s)
-            kwargs = self._connect_kwargs()
-
-            async def create() -> Any:
+            # one attempt: a server that is not there is one clear error now (the reconnect
+            # with backoff is for connections lost after this one existed)
+            try:
+                init = await self._prepare()
                 try:
-                    return await aiomysql.create_pool(
-                        minsize=self.min_pool_size, maxsize=self.max_pool_size, init_command=init, **kwargs
+                    pool = await aiomysql.create_pool(
+                        minsize=self.min_pool_size,
+                        maxsize=self.max_pool_size,
+                        init_command=init,
+                        **self._connect_kwargs(),
                     )
                 except aiomysql.MySQLError as exc:
                     raise self._translate(exc) from None
                 except (OSError, TimeoutError) as exc:
                     raise _Lost(one_line(exc)) from None
-
-            self._pool = await self._reconnect.run(create, timeout_s=self.connect_timeout_s)
+            except _Lost as exc:
+                raise self._reconnect.unavailable(exc) from None
+            self._pool = pool
 
     async def _prepare(self) -> str:
         """Check the server and the schema (creating it in an empty database); return the
@@ -624,7 +630,7 @@ class MySQLDriver(BaseDriver):
         """Create or upgrade the tables up to ``target`` (default: the latest), under the
         database's ``GET_LOCK``; return the steps applied. Needs no ``connect()`` first."""
 
-        async def op() -> list[str]:
+        try:
             conn = await self._open_one()
             try:
                 async with conn.cursor() as cur:
@@ -635,8 +641,8 @@ class MySQLDriver(BaseDriver):
                 raise self._translate(exc) from None
             finally:
                 conn.close()
-
-        return await self._reconnect.run(op, timeout_s=self.connect_timeout_s)
+        except _Lost as exc:  # one attempt, as connect()
+            raise self._reconnect.unavailable(exc) from None
 
     async def drop_tables(self) -> None:
         """Drop every table of this driver's ``table`` (tests, benchmarks); the data is gone."""
@@ -736,6 +742,14 @@ class MySQLDriver(BaseDriver):
                 chosen = " UNION ALL ".join(parts) + " ORDER BY rk, d, id LIMIT %s"
             sql = self._claim_sql[n] = "START TRANSACTION; " + chosen
         return sql
+
+    async def dequeue(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:
+        """As on every driver. A dequeue that does not wait claims what is ready now; a waiting
+        one may start from the last probe's answer while it is current (within the poll
+        interval), since its wait probes anyway: that keeps an idle worker's loop read-only."""
+        if wait <= 0:
+            self._maybe_empty = False  # rows other processes made ready since the last probe
+        return await super().dequeue(queues, limit, wait)
 
     async def _claim(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         """Two round trips on one connection: lock up to ``limit`` claimable rows, skipping

@@ -23,8 +23,6 @@ from asynctasq.drivers.base import BaseDriver
 BACKENDS = ["memory", "postgres", "sqlite", "redis", "mysql", "sqs", "rabbitmq"]
 
 RELIABILITY_PENDING: dict[str, str] = {
-    "mysql": "no restartable_broker hook yet; an unreachable server is retried for the whole "
-    "reconnect timeout at connect (60 s) instead of failing in one line",
     "sqs": "no restartable_broker hook yet (moto keeps no state across a restart); the delayed "
     "storm ran one task twice and kill-half/stop-half takes 160 s on moto; an unreachable "
     "endpoint is retried past the test's 90 s",
