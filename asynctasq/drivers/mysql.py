@@ -24,7 +24,7 @@ form. In short:
   is the fastest (a one-statement ``UPDATE`` joined to a ``SKIP LOCKED`` derived table, read
   back by the index, costs one round trip but 1.5x the server time: docs/drivers/mysql.md).
   A token is a fresh random number XOR the row id, so it differs for every delivery. Several
-  queues are one ``UNION ALL`` of per-queue parts, in the order given.
+  queues are one locking ``SELECT`` per queue in the same round trip, in the order given.
 - Sessions run at READ COMMITTED (no gap locks, so inserts never wait on a claim) in UTC.
   Errors 1213 (deadlock) and 1205 (lock wait timeout) roll the transaction back and are
   retried a few times with jitter; a rolled-back claim claimed nothing, so no task is claimed
@@ -728,19 +728,17 @@ class MySQLDriver(BaseDriver):
     # -- claim -----------------------------------------------------------------------------
 
     def _pick_statement(self, n: int) -> str:
+        """``START TRANSACTION`` and one locking ``SELECT`` per queue, in the queues' order.
+        Plain statements rather than a ``UNION`` of locking parts: a locking clause inside a
+        union member is MariaDB syntax that MySQL 8 only parses in some versions."""
         sql = self._claim_sql.get(n)
         if sql is None:
             pick = (
-                "SELECT id, queue, body, deliveries{rank} FROM " + self._t + " "
+                f"SELECT id, queue, body, deliveries FROM {self._t} "
                 "WHERE queue = %s AND due <= UTC_TIMESTAMP(6) "
                 "ORDER BY due, id LIMIT %s FOR UPDATE SKIP LOCKED"
             )
-            if n == 1:
-                chosen = pick.format(rank="")
-            else:
-                parts = [f"({pick.format(rank=f', {i} AS rk, due AS d')})" for i in range(n)]
-                chosen = " UNION ALL ".join(parts) + " ORDER BY rk, d, id LIMIT %s"
-            sql = self._claim_sql[n] = "START TRANSACTION; " + chosen
+            sql = self._claim_sql[n] = "START TRANSACTION; " + "; ".join([pick] * n)
         return sql
 
     async def dequeue(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:
@@ -760,8 +758,6 @@ class MySQLDriver(BaseDriver):
         args: list[Any] = []
         for q in queues:
             args += (q, limit)
-        if len(queues) > 1:
-            args.append(limit)
         pick = self._pick_statement(len(queues))
         if self._maybe_empty and not self._due(await self._next_due_cached(queues)):
             return []  # idle: a read-only probe at the poll interval, no transaction
@@ -769,7 +765,9 @@ class MySQLDriver(BaseDriver):
         async def op(conn: Any) -> list[Any]:
             async with conn.cursor() as cur:
                 await cur.execute(pick, args)
-                rows = (await _results(cur))[-1][1]
+                # the first queue's rows first; rows past the limit stay unleased (their locks
+                # end with this transaction)
+                rows = [row for _, part in (await _results(cur))[1:] for row in part][:limit]
                 if not rows:
                     await cur.execute("COMMIT; " + self._probe_statement(len(queues)), list(queues))
                     self._probe_seen(queues, _seconds((await _results(cur))[-1][1]))
