@@ -446,10 +446,8 @@ class MySQLDriver(BaseDriver):
             async with conn.cursor() as cur:
                 await cur.execute("SELECT VERSION(), @@max_allowed_packet")
                 version, packet = (await cur.fetchall())[0]
-                self.flavor = check_server_version(str(version))
-                self.server_version = str(version)
+                self._use_server(str(version))
                 self.max_allowed_packet = int(packet)
-                self._returning = self.flavor == "MariaDB"
                 try:  # MySQL 8 and MariaDB >= 11.1; older MariaDB only has tx_isolation
                     await cur.execute("SELECT @@SESSION.transaction_isolation")
                     await cur.fetchall()
@@ -469,6 +467,14 @@ class MySQLDriver(BaseDriver):
             f"SET SESSION {isolation} = 'READ-COMMITTED', time_zone = '+00:00', "
             f"innodb_lock_wait_timeout = {LOCK_WAIT_TIMEOUT_S}"
         )
+
+    def _use_server(self, version: str) -> None:
+        """Check the server's ``VERSION()`` and pick the statements for it: MariaDB's
+        ``DELETE/INSERT ... RETURNING``, or MySQL's locking ``SELECT`` first (MySQL has no
+        ``RETURNING``). Every other statement is the same on both."""
+        self.flavor = check_server_version(version)
+        self.server_version = version
+        self._returning = self.flavor == "MariaDB"
 
     async def disconnect(self) -> None:
         await self._settle_background()
