@@ -4,13 +4,12 @@ max_allowed_packet, fencing, lock-wait retries, reconnects and migrations."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -445,76 +444,6 @@ async def test_a_dequeue_that_does_not_wait_sees_rows_made_ready_elsewhere(
     await asyncio.sleep(0.2)  # the lease's own deadline
     [expired] = await consumer.dequeue(["q"], 1, wait=0)
     assert expired.body == b"leased" and expired.delivery_count == 2
-
-
-@contextlib.contextmanager
-def lease_writes_held_back() -> Iterator[tuple[asyncio.Event, asyncio.Event]]:
-    """Claims' lease writes (their second round trip) wait for ``gate``; ``entered`` is set
-    when one is waiting. The statements themselves run unchanged on the real server."""
-    entered, gate = asyncio.Event(), asyncio.Event()
-    original = mysql_module._QuietCursor.execute
-
-    async def held_back(self: Any, query: str, args: Any = None) -> Any:
-        if query.startswith("UPDATE") and "deliveries = deliveries + 1" in query:
-            entered.set()
-            await gate.wait()
-        return await original(self, query, args)
-
-    mysql_module._QuietCursor.execute = held_back  # type: ignore[method-assign]
-    try:
-        yield entered, gate
-    finally:
-        mysql_module._QuietCursor.execute = original  # type: ignore[method-assign]
-        gate.set()
-
-
-async def test_a_claim_returns_before_its_lease_write_and_this_process_never_sees_the_gap(
-    make: Callable[..., Awaitable[MySQLDriver]],
-) -> None:
-    """The rows come back once locked, before their lease write commits; meanwhile another
-    driver of this process (same table) counts them leased, cannot claim them, and the holder's
-    extend waits for the write instead of finding the row unleased."""
-    holder, other = await make(), await make()
-    await holder.enqueue_many([EnqueueItem("q", b"a"), EnqueueItem("q", b"b")])
-    with lease_writes_held_back() as (entered, gate):
-        got = await asyncio.wait_for(holder.dequeue(["q"], 2, wait=0), 5)
-        await asyncio.wait_for(entered.wait(), 5)
-        asyncio.get_running_loop().call_later(0.3, gate.set)  # the write lands while they wait
-        stats = await asyncio.wait_for(other.stats(["q"]), 10)
-        assert gate.is_set(), "stats waited for the lease write"
-        assert stats["q"]["leased"] == 2, stats
-    assert await other.dequeue(["q"], 2, wait=0) == []
-    assert await holder.ack(got) == got
-    await holder.enqueue("q", b"c")
-    with lease_writes_held_back() as (entered, gate):
-        [third] = await asyncio.wait_for(holder.dequeue(["q"], 1, wait=0), 5)
-        await asyncio.wait_for(entered.wait(), 5)
-        asyncio.get_running_loop().call_later(0.3, gate.set)
-        assert await asyncio.wait_for(holder.extend([third], 30), 10) == [third]
-    assert await holder.ack([third]) == [third]
-    assert (await other.stats(["q"]))["q"] == {"ready": 0, "delayed": 0, "leased": 0, "failed": 0}
-
-
-async def test_a_lease_write_lost_after_the_claim_returned_frees_the_rows(
-    make: Callable[..., Awaitable[MySQLDriver]], caplog: pytest.LogCaptureFixture
-) -> None:
-    """The server kills the claim's session between the two round trips (the lease write is
-    held back until then): the rows roll back to their queue uncounted, the holder's ack finds
-    nothing to delete, one warning says so, and another consumer gets the task."""
-    holder, other = await make(), await make()
-    await holder.enqueue("q", b"x")
-    with lease_writes_held_back() as (entered, gate), caplog.at_level("WARNING", "asynctasq"):
-        [got] = await holder.dequeue(["q"], 1, wait=0)
-        await asyncio.wait_for(entered.wait(), 5)
-        [busy] = list(holder._pool._used)
-        await admin_query(f"KILL CONNECTION {int(busy.thread_id())}")
-        gate.set()
-        assert await asyncio.wait_for(holder.ack([got]), 10) == []
-    warnings = [r for r in caplog.records if "were not written" in r.getMessage()]
-    assert len(warnings) == 1, caplog.text
-    [again] = await other.dequeue(["q"], 1, wait=5)
-    assert again.body == b"x" and again.delivery_count == 1
-    assert await other.ack([again]) == [again]
 
 
 async def driver_queries(driver: MySQLDriver, call: Callable[[], Awaitable[Any]]) -> tuple[Any, int]:

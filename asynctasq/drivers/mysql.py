@@ -131,10 +131,6 @@ _TRUE = ("1", "true", "yes", "on", "require", "required")
 _FALSE = ("0", "false", "no", "off", "disable", "disabled")
 
 
-_LEASING: dict[str, dict[int, asyncio.Future[None]]] = {}
-"""Per wake scope: rows this process claimed whose lease write has not committed yet."""
-
-
 class PacketTooLarge(MessageTooLarge):
     """A message that cannot fit the server's ``max_allowed_packet``."""
 
@@ -763,14 +759,7 @@ class MySQLDriver(BaseDriver):
         """Two round trips on one connection: lock up to ``limit`` claimable rows, skipping
         those other claimers hold (``START TRANSACTION; SELECT ... FOR UPDATE SKIP LOCKED``),
         then lease them by primary key and commit (``UPDATE ... WHERE id IN (...); COMMIT``).
-        An empty claim commits and probes the next due time in its second round trip.
-
-        The rows are returned as soon as they are locked: the second round trip finishes in the
-        background, and nobody can take the rows meanwhile (they stay locked until it commits).
-        This driver's own operations on them (ack, extend, give-back, fail, stats, probes)
-        wait for that commit first (:meth:`_settle`). Should the lease write fail (a lost
-        connection), the rows are rolled back to their queue and may run a second time; it is
-        logged once."""
+        An empty claim commits and probes the next due time in its second round trip."""
         nonce = secrets.randbits(62) | (1 << 62)
         args: list[Any] = []
         for q in queues:
@@ -778,8 +767,6 @@ class MySQLDriver(BaseDriver):
         pick = self._pick_statement(len(queues))
         if self._maybe_empty and not self._due(await self._next_due_cached(queues)):
             return []  # idle: a read-only probe at the poll interval, no transaction
-        loop = asyncio.get_running_loop()
-        locked: asyncio.Future[list[Any]] = loop.create_future()
 
         async def op(conn: Any) -> list[Any]:
             async with conn.cursor() as cur:
@@ -791,80 +778,27 @@ class MySQLDriver(BaseDriver):
                     await cur.execute("COMMIT; " + self._probe_statement(len(queues)), list(queues))
                     self._probe_seen(queues, _seconds((await _results(cur))[-1][1]))
                     return []
-                ids = [int(r[0]) for r in rows]
-                written: asyncio.Future[None] = loop.create_future()
-                leasing = self._leasing()
-                leasing.update(dict.fromkeys(ids, written))
-                locked.set_result(rows)  # from here on nothing is retried: the rows are out
-                try:
-                    await cur.execute(
-                        f"UPDATE {self._t} SET token = %s ^ id, deliveries = deliveries + 1, "
-                        "due = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND "
-                        f"WHERE id IN ({_marks(len(ids))}); COMMIT",
-                        [nonce, _us(self.lease_seconds), *ids],
-                    )
-                    await _results(cur)
-                except (aiomysql.MySQLError, OSError, TimeoutError) as exc:
-                    conn.close()  # the server rolls the transaction back: the rows are free
-                    log.warning(
-                        "%s: the leases of %d claimed message(s) were not written (%s); "
-                        "another worker may run them too",
-                        self._where,
-                        len(ids),
-                        one_line(exc, self._options["password"] or None),
-                    )
-                finally:
-                    for i in ids:
-                        if leasing.get(i) is written:
-                            del leasing[i]
-                    written.set_result(None)
+                await cur.execute(
+                    f"UPDATE {self._t} SET token = %s ^ id, deliveries = deliveries + 1, "
+                    "due = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND "
+                    f"WHERE id IN ({_marks(len(rows))}); COMMIT",
+                    [nonce, _us(self.lease_seconds), *(r[0] for r in rows)],
+                )
+                await _results(cur)
                 return rows
 
-        claim = asyncio.ensure_future(self._run(op))
-        await asyncio.wait([locked, claim], return_when=asyncio.FIRST_COMPLETED)
-        if locked.done():
-            rows = locked.result()
-            self._in_background(self._lease_write(claim))  # disconnect() waits for it
-        else:
-            rows = claim.result()
+        rows = await self._run(op)
         self._maybe_empty = not rows
         if not rows:
             return []
         self._active()
         return [Delivery(str(r[0]), r[1], bytes(r[2]), str(nonce ^ int(r[0])), int(r[3]) + 1) for r in rows]
 
-    async def _lease_write(self, claim: asyncio.Future[Any]) -> None:
-        try:
-            await claim
-        except Exception as exc:  # noqa: BLE001 - op logs its own failures; nothing else is expected
-            log.warning("%s: a claim's lease write failed (%s)", self._where, one_line(exc))
-
-    def _leasing(self) -> dict[int, asyncio.Future[None]]:
-        """Row id -> the commit of its claim's lease write, for claims of this process on this
-        table whose write is still on its way (shared by the drivers of one wake scope)."""
-        return _LEASING.setdefault(self.wake_scope(), {})
-
-    async def _settle(self, ids: Iterable[int] | None = None) -> None:
-        """Wait until the lease writes of the given rows (None: of every row) are committed,
-        so this process never observes a claim it made as unleased."""
-        leasing = _LEASING.get(self.wake_scope())
-        if not leasing:
-            return
-        loop = asyncio.get_running_loop()
-        if ids is None:
-            waits = set(leasing.values())
-        else:
-            waits = {f for f in (leasing.get(i) for i in ids) if f is not None}
-        waits = {f for f in waits if f.get_loop() is loop}
-        if waits:
-            await asyncio.wait(waits)
-
     async def _unlease(self, deliveries: Sequence[Delivery]) -> None:
         """Give back what a cancelled dequeue leased, in one statement."""
         pairs = _ids(deliveries)
         if not pairs:
             return
-        await self._settle(i for i, _ in pairs)
         try:
             await self._query(
                 f"UPDATE {self._t} SET token = NULL, due = UTC_TIMESTAMP(6), "
@@ -887,7 +821,6 @@ class MySQLDriver(BaseDriver):
 
     async def _next_due(self, queues: Sequence[str]) -> float | None:
         """Seconds until the earliest row of ``queues`` may be claimed (<= 0: now; None: none)."""
-        await self._settle()  # a claim of ours still writing its leases is not work to wake for
         return _seconds((await self._query(self._probe_statement(len(queues)), list(queues)))[0][1])
 
     def _probe_seen(self, queues: Sequence[str], until: float | None) -> None:
@@ -963,7 +896,6 @@ class MySQLDriver(BaseDriver):
 
     async def _ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         pairs = _ids(deliveries)
-        await self._settle(i for i, _ in pairs)
         held: list[tuple[str, str]] = []
         for chunk in _chunks(pairs):
             held += await self._ack_chunk(chunk)
@@ -995,7 +927,6 @@ class MySQLDriver(BaseDriver):
         pairs = _ids(deliveries)
         if len(pairs) > BATCH_ROWS or len(results) > BATCH_ROWS or not pairs:
             return await super()._complete(deliveries, results, results_ttl)
-        await self._settle(i for i, _ in pairs)
         prefix, prefix_args = self._results_statement(results, results_ttl)
         held = await self._ack_chunk(pairs, prefix + "; ", prefix_args)
         self.wake_results(task_id for task_id, _ in results)
@@ -1003,7 +934,6 @@ class MySQLDriver(BaseDriver):
 
     async def _extend(self, deliveries: Sequence[Delivery], seconds: float) -> list[Delivery]:
         pairs = _ids(deliveries)
-        await self._settle(i for i, _ in pairs)
         held: list[tuple[str, str]] = []
         for chunk in _chunks(pairs):
             args = [*(i for i, _ in chunk), *(t for _, t in chunk)]
@@ -1023,7 +953,6 @@ class MySQLDriver(BaseDriver):
         pairs = _ids([delivery])
         if not pairs:
             return False
-        await self._settle([pairs[0][0]])
         if body is None:
             change = "deliveries = GREATEST(deliveries - 1, 0)"
         else:
@@ -1039,7 +968,6 @@ class MySQLDriver(BaseDriver):
         pairs = _ids([delivery])
         if not pairs:
             return False
-        await self._settle([pairs[0][0]])
         t, ft = self._t, f"`{self.table}_failed`"
         where = "id = %s AND token = %s"
         sql = (
@@ -1076,7 +1004,6 @@ class MySQLDriver(BaseDriver):
         out = {q: QueueStats(ready=0, delayed=0, leased=0, failed=0) for q in names}
         if not names:
             return out
-        await self._settle()
         marks = _marks(len(names))
         results = await self._query(
             "SET @asynctasq_now := UTC_TIMESTAMP(6); "
