@@ -23,8 +23,6 @@ from asynctasq.drivers.base import BaseDriver
 BACKENDS = ["memory", "postgres", "sqlite", "redis", "mysql", "sqs", "rabbitmq"]
 
 RELIABILITY_PENDING: dict[str, str] = {
-    "mysql": "no restartable_broker hook yet; an unreachable server is retried for the whole "
-    "reconnect timeout at connect (60 s) instead of failing in one line",
     "rabbitmq": "no restartable_broker hook yet; the state machine reported a message it could "
     "not dequeue again (b'm2') and stats it cannot give; the paused worker's late ack test "
     "failed; an unreachable broker is retried for the whole reconnect timeout at connect",
