@@ -310,7 +310,7 @@ class MySQLDriver(BaseDriver):
 
     name = "mysql"
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"stats", "purge", "failed", "results", "workers", "control", "migrations", "fencing"}
+        {"stats", "purge", "cancel", "failed", "results", "workers", "control", "migrations", "fencing"}
     )
 
     def __init__(
@@ -1018,6 +1018,28 @@ class MySQLDriver(BaseDriver):
         for queue, count in results[2][1]:
             out[queue]["failed"] = int(count)
         return out
+
+    async def cancel(self, queue: str, message_id: str) -> bool:
+        validate_queue_name(queue)
+        ids = int_ids([message_id])
+        if not ids:
+            return False
+        # by primary key (the claim's lock order); a live lease keeps the row
+        done = await self._query(
+            f"DELETE FROM {self._t} WHERE id = %s AND queue = %s "
+            "AND (token IS NULL OR due <= UTC_TIMESTAMP(6))",
+            [ids[0], queue],
+        )
+        return done[0][0] == 1
+
+    async def list_queues(self) -> list[str]:
+        rows = (
+            await self._query(
+                f"SELECT DISTINCT queue FROM {self._t} "
+                f"UNION SELECT DISTINCT queue FROM `{self.table}_failed` ORDER BY 1"
+            )
+        )[0][1]
+        return [str(r[0]) for r in rows]
 
     async def purge(self, queue: str) -> int:
         """Delete the queue's rows in primary-key batches (never one big delete by the
