@@ -99,6 +99,11 @@ class Config:
     signing_old_keys: list[str] = _setting(
         (), "Earlier signing keys workers still accept, comma-separated (key rotation).", secret=True
     )
+    otel: bool = _setting(
+        False,
+        "OpenTelemetry spans for dispatches and task runs, linked through the message (needs "
+        "the otel extra and a tracer provider of the application's).",
+    )
     # -- worker
     queues: list[str] = _setting(
         (c.DEFAULT_QUEUE,), "Queues in priority order, comma-separated.", group="worker"

@@ -39,6 +39,8 @@ class Envelope:
     timeout: float | None = None
     retry_after: float = 1.0
     enqueued_at: float = field(default_factory=time.time)
+    trace: dict[str, str] | None = None
+    """The producer's trace context (W3C ``traceparent`` ...), when tracing is on."""
 
     def encode(self, serializer: BaseSerializer, signer: Signer | None = None) -> bytes:
         """The message bytes, signed by ``signer`` when given (asynctasq.signing)."""
@@ -56,6 +58,7 @@ class Envelope:
                     "timeout": self.timeout,
                     "retry_after": self.retry_after,
                     "enqueued_at": self.enqueued_at,
+                    **({"trace": self.trace} if self.trace else {}),
                 }
             )
         except SerializationError as exc:
@@ -115,6 +118,13 @@ class Envelope:
                 retry_after=_as(float, raw.get("retry_after", 1.0)),
                 enqueued_at=_as(float, raw.get("enqueued_at", 0.0)),
             )
+            trace = raw.get("trace")
+            if trace is not None:  # a carrier of strings, or nothing: never a reason to fail
+                env.trace = (
+                    {str(k): str(v) for k, v in trace.items() if isinstance(v, str)}
+                    if isinstance(trace, dict)
+                    else None
+                )
         except (KeyError, TypeError, ValueError) as exc:
             raise SerializationError(f"malformed asynctasq message ({exc!r}): {_preview(data)}") from None
         if type(env.task) is not str or type(env.id) is not str:

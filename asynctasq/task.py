@@ -363,6 +363,14 @@ _Drivers = dict[int, "BaseDriver | asyncio.Task[BaseDriver]"]
 driver replaces its task, which would keep the loop alive)."""
 
 
+def _tracer_for(config: Config) -> Any:
+    if not config.otel:
+        return None
+    from asynctasq.tracing import tracer
+
+    return tracer()
+
+
 class Encoded(NamedTuple):
     """A call ready to send: the index of its connection, its task id and the enqueue item."""
 
@@ -402,6 +410,7 @@ class Producer:
         self._make_driver = make_driver
         self._serializers = [get_serializer(c.serializer) for c in self.connections]
         self._signers = [Signer.from_settings(c.signing_key, c.signing_old_keys) for c in self.connections]
+        self._tracer = _tracer_for(self.config)
         self._drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Drivers] = (
             weakref.WeakKeyDictionary()
         )
@@ -422,6 +431,9 @@ class Producer:
         tc = call.call() if isinstance(call, Task) else call
         env = tc.envelope(self.config, queue)
         index = self.connection_index(env.queue)
+        if self._tracer is not None:
+            with self._tracer.sending([env]):  # the span of a Queue's send: its encoding
+                pass
         body = env.encode(self._serializers[index], self._signers[index])
         return Encoded(
             index, env.id, EnqueueItem(env.queue, body, tc._delay if delay is None else delay, tc._options)
@@ -458,6 +470,12 @@ class Producer:
         tc = call.call() if isinstance(call, Task) else call
         env = tc.envelope(self.config)
         index = 0 if self._route is None else self._route(env.queue)
+        if self._tracer is not None:
+            with self._tracer.sending([env]):
+                body = env.encode(self._serializers[index], self._signers[index])
+                target = driver or self._ready.get(index) or await self.driver(index)
+                await target.enqueue(env.queue, body, tc._delay, options=tc._options)
+            return env.id
         body = env.encode(self._serializers[index], self._signers[index])
         target = driver or self._ready.get(index) or await self.driver(index)
         await target.enqueue(env.queue, body, tc._delay, options=tc._options)
@@ -473,12 +491,21 @@ class Producer:
             await self.send(encoded, driver)
             return [e.task_id for e in encoded]
         # one connection for all: no routing, no per-call bookkeeping (the bulk hot path)
-        config, serializer, signer = self.config, self._serializers[0], self._signers[0]
+        config = self.config
+        plain = [c.call() if isinstance(c, Task) else c for c in calls]
+        envelopes = [tc.envelope(config) for tc in plain]
+        if self._tracer is not None:
+            with self._tracer.sending(envelopes):
+                return await self._send_envelopes(plain, envelopes, driver)
+        return await self._send_envelopes(plain, envelopes, driver)
+
+    async def _send_envelopes(
+        self, calls: list[TaskCall], envelopes: list[Envelope], driver: BaseDriver | None
+    ) -> list[str]:
+        serializer, signer = self._serializers[0], self._signers[0]
         ids: list[str] = []
         items: list[EnqueueItem] = []
-        for call in calls:
-            tc = call.call() if isinstance(call, Task) else call
-            env = tc.envelope(config)
+        for tc, env in zip(calls, envelopes, strict=True):
             items.append(EnqueueItem(env.queue, env.encode(serializer, signer), tc._delay, tc._options))
             ids.append(env.id)
         if items:

@@ -557,3 +557,75 @@ def test_metrics_endpoint_counts_real_tasks(env: dict[str, str], processes: int)
             if proc.poll() is None:
                 proc.kill()
             proc.communicate()
+
+
+# -- tracing -----------------------------------------------------------------------------------
+
+
+async def test_dispatch_and_run_spans_are_linked_across_processes(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    import asynctasq
+    from asynctasq.task import close_producer
+    from tests.cli_tasks import add, explode
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    previous = asynctasq.get_config()
+    asynctasq.configure(driver="sqlite", sqlite_path=env["ASYNCTASQ_SQLITE_PATH"], otel=True)
+    try:
+        with trace.use_span(tracer.start_span("web request"), end_on_exit=True):
+            from unittest import mock
+
+            with mock.patch("opentelemetry.trace.get_tracer_provider", return_value=provider):
+                import asynctasq.tracing as tracing
+
+                tracing._tracer = None  # a tracer of this provider for the producer
+                task_id = await add(2, 3).dispatch()
+                [failing] = await asynctasq.dispatch_many([explode("traced")])
+        await close_producer()
+    finally:
+        asynctasq.configure(previous)
+        import asynctasq.tracing as tracing
+
+        tracing._tracer = None
+    sent = {
+        s.attributes["messaging.message.id"]: s
+        for s in exporter.get_finished_spans()
+        if s.name == "send default"
+    }
+    assert set(sent) == {task_id, failing}
+    send = sent[task_id]
+    assert send.kind == trace.SpanKind.PRODUCER and send.attributes["messaging.system"] == "asynctasq"
+    assert send.attributes["messaging.operation.type"] == "send"
+    spans_file = tmp_path / "spans.json"
+    out = cli(
+        "worker", "--burst", "--otel", "--import", "tests.otel_setup",
+        env={**env, "ASYNCTASQ_TEST_SPANS": str(spans_file)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    processed = {s["attributes"]["messaging.message.id"]: s for s in json.loads(spans_file.read_text())}
+    run = processed[task_id]
+    assert run["name"] == "process default" and run["kind"] == "CONSUMER"
+    assert run["trace_id"] == send.context.trace_id  # one trace, from the web request to the run
+    assert run["parent_span_id"] == send.context.span_id and run["links"] == [send.context.span_id]
+    assert run["attributes"]["asynctasq.task.name"] == "tests.cli_tasks.add" and run["status"] == "UNSET"
+    assert processed[failing]["status"] == "ERROR"
+    assert processed[failing]["parent_span_id"] == sent[failing].context.span_id
+
+
+def test_tracing_off_puts_no_trace_in_messages(env: dict[str, str]) -> None:
+    from asynctasq import Config
+    from asynctasq.task import Producer
+    from tests.cli_tasks import add
+
+    encoded = Producer([Config(_environ={})]).encode(add(1, 2))
+    assert b"trace" not in encoded.item.body and b"traceparent" not in encoded.item.body

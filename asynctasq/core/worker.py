@@ -216,6 +216,7 @@ class Worker:
         default_exception_handler: bool = True,
         sentry_dsn: str | None = None,
         metrics_port: int | None = None,
+        otel: bool = False,
     ) -> None:
         if isinstance(queues, str):
             queues = [q for q in queues.split(",") if q]
@@ -266,6 +267,8 @@ class Worker:
         self.default_exception_handler = default_exception_handler
         self.sentry_dsn = sentry_dsn
         self.metrics_port = metrics_port
+        self.otel = otel
+        self._tracer: Any = None
         self._metrics: WorkerMetrics | None = None
         self._lost_reported = 0
         self._sentry: SentryReporter | None = None
@@ -341,6 +344,7 @@ class Worker:
             default_exception_handler=not config.disable_default_exception_handler,
             sentry_dsn=config.sentry_dsn,
             metrics_port=config.metrics_port,
+            otel=config.otel,
         )
         if "worker_id" in overrides:  # the other spelling of name
             settings["name"] = overrides.pop("worker_id")
@@ -426,6 +430,10 @@ class Worker:
         try:
             if self.sentry_dsn:
                 self._sentry = SentryReporter(self.sentry_dsn)
+            if self.otel:
+                from asynctasq.tracing import tracer
+
+                self._tracer = tracer()
             if self.metrics_port is not None:
                 from asynctasq.metrics import serve, worker_metrics
 
@@ -713,7 +721,11 @@ class Worker:
                 return
             _current.set(env)
             try:
-                value = await self._execute(definition, env)
+                if self._tracer is None:
+                    value = await self._execute(definition, env)
+                else:
+                    with self._tracer.processing(env):
+                        value = await self._execute(definition, env)
             except asyncio.CancelledError:
                 if running.reason is None:
                     raise
