@@ -629,3 +629,39 @@ def test_tracing_off_puts_no_trace_in_messages(env: dict[str, str]) -> None:
 
     encoded = Producer([Config(_environ={})]).encode(add(1, 2))
     assert b"trace" not in encoded.item.body and b"traceparent" not in encoded.item.body
+
+
+async def test_the_process_title_shows_the_workers_state(env: dict[str, str]) -> None:
+    import signal
+
+    pytest.importorskip("setproctitle")
+    proc = _start_worker(env, "--name", "titled", "--queues", "q1,q2")
+    try:
+        path = Path(f"/proc/{proc.pid}/cmdline")
+
+        def title() -> str:
+            return path.read_bytes().replace(b"\0", b" ").decode().strip()
+
+        await _wait_record(env, lambda rs: title() == "asynctasq worker titled [idle] q1,q2")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        proc.communicate()
+
+
+def test_shell_completion_of_the_console_script() -> None:
+    import os
+    import shutil
+    import subprocess
+
+    script = shutil.which("asynctasq") or str(
+        Path(__file__).resolve().parent.parent / ".venv" / "bin" / "asynctasq"
+    )
+    env = {
+        **os.environ,
+        "COMP_WORDS": "asynctasq fail",
+        "COMP_CWORD": "1",
+        "_ASYNCTASQ_COMPLETE": "complete_bash",
+    }
+    out = subprocess.run([script], env=env, capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["failed"], out.stderr

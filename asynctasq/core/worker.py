@@ -289,7 +289,8 @@ class Worker:
         """Tasks whose lease the broker took back before their outcome was recorded here."""
         self.working_time_s = 0.0
         self.started_at = 0.0
-        self.state = "created"
+        self._state = "created"
+        self._set_title = _proctitle_setter()
 
         self._running: dict[Delivery, _Running] = {}
         self._held: set[Delivery] = set()  # every lease we hold: see the module docstring
@@ -350,6 +351,18 @@ class Worker:
             settings["name"] = overrides.pop("worker_id")
         settings.update(overrides)
         return cls(driver, **settings)
+
+    @property
+    def state(self) -> str:
+        """``created``, ``starting``, ``idle``, ``busy``, ``suspended``, ``stopping``, ``stopped``."""
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        if value != self._state:
+            self._state = value
+            if self._set_title is not None:  # setproctitle installed: ps and top show it
+                self._set_title(f"asynctasq worker {self.name} [{value}] {','.join(self.queues)}")
 
     # -- the registry, from Python (RQ's Worker.all / Worker.count) ---------------------------
 
@@ -1142,6 +1155,15 @@ class Worker:
         if self._pool is not None:
             await self._pool.close(timeout=0)
             self._pool = None
+
+
+def _proctitle_setter() -> Callable[[str], None] | None:
+    """``setproctitle.setproctitle`` when the ``proctitle`` extra is installed, else None."""
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return None
+    return setproctitle
 
 
 async def _first_of(*waits: Awaitable[Any]) -> None:
