@@ -651,12 +651,10 @@ async def test_the_process_title_shows_the_workers_state(env: dict[str, str]) ->
 
 def test_shell_completion_of_the_console_script() -> None:
     import os
-    import shutil
     import subprocess
+    import sys
 
-    script = shutil.which("asynctasq") or str(
-        Path(__file__).resolve().parent.parent / ".venv" / "bin" / "asynctasq"
-    )
+    script = str(Path(sys.executable).parent / "asynctasq")  # the console script pip installed
     env = {
         **os.environ,
         "COMP_WORDS": "asynctasq fail",
