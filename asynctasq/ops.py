@@ -25,6 +25,8 @@ class Snapshot:
     workers: list[WorkerRecord] | None
     notes: list[str] = field(default_factory=list)
     taken_at: float = field(default_factory=time.time)
+    oldest: dict[str, float | None] = field(default_factory=dict)
+    """Seconds the longest-waiting ready task of each queue has waited (where the driver says)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -36,6 +38,7 @@ class Snapshot:
                     "delayed": s["delayed"],
                     "running": s["leased"],
                     "failed": s["failed"],
+                    "oldest_waiting_s": self.oldest.get(name),
                 }
                 for name, s in self.queues.items()
             },
@@ -77,13 +80,19 @@ async def snapshot(driver: BaseDriver, only: list[str] | None = None) -> Snapsho
             queues = await driver.stats(names)
         except UnsupportedOperation as exc:
             notes.append(str(exc))
+    oldest: dict[str, float | None] = {}
+    if queues:
+        try:
+            oldest = await driver.oldest_waiting(list(queues))
+        except UnsupportedOperation:
+            pass  # the column shows "-"
     workers: list[WorkerRecord] | None
     try:
         workers = await Worker.all(driver)
     except UnsupportedOperation as exc:
         workers = None
         notes.append(str(exc))
-    return Snapshot(driver.describe(), queues, workers, notes)
+    return Snapshot(driver.describe(), queues, workers, notes, oldest=oldest)
 
 
 def tables(snap: Snapshot) -> Any:
@@ -93,10 +102,11 @@ def tables(snap: Snapshot) -> Any:
 
     parts: list[Any] = []
     q = Table(title=f"queues on {snap.driver}", title_justify="left")
-    for column in ("queue", "ready", "delayed", "running", "failed"):
+    for column in ("queue", "ready", "delayed", "running", "failed", "oldest waiting"):
         q.add_column(column, justify="left" if column == "queue" else "right")
     for name, s in snap.queues.items():
-        q.add_row(name, str(s["ready"]), str(s["delayed"]), str(s["leased"]), str(s["failed"]))
+        age = _age(snap.oldest.get(name))
+        q.add_row(name, str(s["ready"]), str(s["delayed"]), str(s["leased"]), str(s["failed"]), age)
     parts.append(q)
     if snap.workers is not None:
         w = Table(title=f"{len(snap.workers)} worker(s)", title_justify="left")
@@ -118,6 +128,16 @@ def tables(snap: Snapshot) -> Any:
         parts.append(w)
     parts += [f"note: {n}" for n in snap.notes]
     return Group(*parts)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
 
 
 def render(snap: Snapshot) -> None:

@@ -426,6 +426,11 @@ def test_info_json_has_every_queue_with_its_real_counts(env: dict[str, str]) -> 
     out = cli("info", "--json", env=env)  # no --queues: every queue on the broker
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
+    oldest = doc["queues"]["first"].pop("oldest_waiting_s")
+    assert isinstance(oldest, float) and 0 < oldest < 120  # the first of the two ready ones
+    assert {q["oldest_waiting_s"] for name, q in doc["queues"].items() if name != "first"} == {None}
+    for q in doc["queues"].values():
+        q.pop("oldest_waiting_s", None)
     assert doc["queues"] == {
         "broken": {"ready": 0, "delayed": 0, "running": 0, "failed": 1},
         "first": {"ready": 2, "delayed": 0, "running": 0, "failed": 0},

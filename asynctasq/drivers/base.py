@@ -512,6 +512,11 @@ class BaseDriver(ABC):
     async def stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
         raise self._unsupported("queue stats")
 
+    async def oldest_waiting(self, queues: Sequence[str]) -> dict[str, float | None]:
+        """Seconds the longest-waiting ready message of each queue has been ready (None: none
+        is ready), for ``asynctasq info``; ``UnsupportedOperation`` where the broker cannot say."""
+        raise self._unsupported("the age of the oldest waiting message")
+
     async def list_queues(self) -> list[str]:
         """The broker's queues, sorted (for ``asynctasq info``): those holding a message or a
         failed entry (Redis: every queue used under the prefix); ``UnsupportedOperation``

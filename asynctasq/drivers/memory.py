@@ -40,6 +40,7 @@ class _Message:
     token: str = ""
     state: str = "ready"  # ready | delayed | leased
     due: float = 0.0  # delayed: visible at; leased: lease expiry (monotonic)
+    ready_since: float = 0.0  # when it last became ready (monotonic)
 
 
 @dataclass
@@ -117,6 +118,7 @@ class MemoryDriver(BaseDriver):
 
     def _make_ready(self, msg: _Message) -> None:
         msg.state = "ready"
+        msg.ready_since = time.monotonic()
         msg.token = ""
         self._s.ready.setdefault(msg.queue, deque()).append(msg.id)
 
@@ -238,6 +240,17 @@ class MemoryDriver(BaseDriver):
         for entry in self._s.failed.values():
             if entry["queue"] in out:
                 out[entry["queue"]]["failed"] += 1
+        return out
+
+    async def oldest_waiting(self, queues: Sequence[str]) -> dict[str, float | None]:
+        now = time.monotonic()
+        self._run_timers(now)
+        out: dict[str, float | None] = {q: None for q in queues}
+        for msg in self._s.messages.values():
+            if msg.state == "ready" and msg.queue in out:
+                age = now - msg.ready_since
+                current = out[msg.queue]
+                out[msg.queue] = age if current is None else max(current, age)
         return out
 
     async def list_queues(self) -> list[str]:

@@ -1032,6 +1032,27 @@ class MySQLDriver(BaseDriver):
         )
         return done[0][0] == 1
 
+    async def oldest_waiting(self, queues: Sequence[str]) -> dict[str, float | None]:
+        names = list(dict.fromkeys(validate_queue_name(q) for q in queues))
+        out: dict[str, float | None] = {q: None for q in names}
+        if not names:
+            return out
+        results = await self._query(
+            "SET @asynctasq_now := UTC_TIMESTAMP(6); "
+            + " UNION ALL ".join(
+                [
+                    "SELECT %s, TIMESTAMPDIFF(MICROSECOND, "
+                    f"(SELECT MIN(due) FROM {self._t} WHERE queue = %s AND due <= @asynctasq_now), "
+                    "@asynctasq_now)"
+                ]
+                * len(names)
+            ),
+            [x for q in names for x in (q, q)],
+        )
+        for queue, micros in results[1][1]:
+            out[str(queue)] = None if micros is None else max(int(micros) / 1e6, 0.0)
+        return out
+
     async def list_queues(self) -> list[str]:
         rows = (
             await self._query(

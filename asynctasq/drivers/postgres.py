@@ -542,6 +542,11 @@ class PostgresDriver(BaseDriver):
         validate_queue_name(queue)
         return _count(await self._db("purge", lambda p: p.execute(self._sql.purge, queue)))
 
+    async def oldest_waiting(self, queues: Sequence[str]) -> dict[str, float | None]:
+        names = list(dict.fromkeys(validate_queue_name(q) for q in queues))
+        rows = await self._db("oldest waiting", lambda p: p.fetch(self._sql.oldest_waiting, names))
+        return {r[0]: (None if r[1] is None else max(float(r[1]), 0.0)) for r in rows}
+
     async def list_queues(self) -> list[str]:
         rows = await self._db("list queues", lambda p: p.fetch(self._sql.list_queues))
         return [r[0] for r in rows]
@@ -814,6 +819,12 @@ class _Statements:
             ) s ON true
         """
         self.purge = f"DELETE FROM {t} WHERE queue = $1"
+        self.oldest_waiting = f"""
+            SELECT q.name, extract(epoch FROM now() - (
+                SELECT min(visible_at) FROM {t} WHERE queue = q.name AND visible_at <= now()
+            ))::float8
+            FROM unnest($1::text[]) AS q(name)
+        """
         # a loose index scan: one probe per distinct queue, not a read of every row
         self.list_queues = f"""
             WITH RECURSIVE q AS (

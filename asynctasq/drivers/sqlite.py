@@ -667,6 +667,27 @@ class SQLiteDriver(BaseDriver):
 
         return await self._run(op)
 
+    async def oldest_waiting(self, queues: Sequence[str]) -> dict[str, float | None]:
+        names = list(dict.fromkeys(validate_queue_name(q) for q in queues))
+        out: dict[str, float | None] = {q: None for q in names}
+
+        async def op(conn: aiosqlite.Connection) -> list[Any]:
+            now = time.time()  # one probe of the claim index per queue
+            return list(
+                await conn.execute_fetchall(
+                    " UNION ALL ".join(
+                        ["SELECT ?, ? - (SELECT min(due) FROM tasks WHERE queue = ? AND due <= ?)"]
+                        * len(names)
+                    ),
+                    [x for q in names for x in (q, now, q, now)],
+                )
+            )
+
+        if names:
+            for queue, age in await self._run(op):
+                out[queue] = None if age is None else max(float(age), 0.0)
+        return out
+
     async def list_queues(self) -> list[str]:
         async def op(conn: aiosqlite.Connection) -> list[str]:
             rows = await conn.execute_fetchall(

@@ -334,6 +334,28 @@ async def test_list_queues_finds_queues_with_messages(driver: BaseDriver, queue:
     assert set(before) <= set(after)
 
 
+async def test_oldest_waiting_is_the_age_of_the_first_ready_message(driver: BaseDriver, queue: str) -> None:
+    try:
+        assert await driver.oldest_waiting([queue]) == {queue: None}
+    except UnsupportedOperation as exc:
+        assert "oldest waiting" in str(exc)
+        return
+    await driver.enqueue(queue, b"old")
+    started = time.monotonic()
+    await driver.enqueue(queue, b"delayed", delay=60)
+
+    async def aged() -> bool:
+        age = (await driver.oldest_waiting([queue]))[queue]
+        return age is not None and age >= 0.3
+
+    await wait_for(aged, timeout=10)
+    age = (await driver.oldest_waiting([queue]))[queue]
+    assert age is not None and age <= time.monotonic() - started + 1.0
+    got = await take(driver, [queue], 1)
+    assert await driver.oldest_waiting([queue]) == {queue: None}, "a leased or delayed one is not waiting"
+    await driver.ack(got)
+
+
 async def test_purge(driver: BaseDriver, queue: str) -> None:
     if not driver.supports("purge"):
         with pytest.raises(UnsupportedOperation, match="purg"):
