@@ -668,3 +668,61 @@ def test_shell_completion_of_the_console_script() -> None:
     }
     out = subprocess.run([script], env=env, capture_output=True, text=True, timeout=30)
     assert out.stdout.split() == ["failed"], out.stderr
+
+
+# -- the failed registry -----------------------------------------------------------------------
+
+
+def test_failed_filters_show_and_requeue_with_attempts_from_one(env: dict[str, str]) -> None:
+    dispatch(env, "tests.cli_tasks.explode", "--kwargs", '{"message": "first"}', "--queue", "a")
+    dispatch(env, "tests.cli_tasks.explode", "--kwargs", '{"message": "second"}', "--queue", "b")
+    out = cli(
+        "dispatch",
+        "tests.ops_helpers.always_fails",
+        "--import",
+        "tests.ops_helpers",
+        "--args",
+        '["x"]',
+        "--queue",
+        "a",
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    twice = out.stdout.strip()
+    out = cli(
+        "worker",
+        "--max-tasks",
+        "4",
+        "--queues",
+        "a,b",
+        "--import",
+        "tests.cli_tasks",
+        "--import",
+        "tests.ops_helpers",
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    out = cli("failed", "list", "--task", "tests.ops_helpers.always_fails", env=env)
+    assert out.returncode == 0 and "1 failed task(s)" in out.stdout and twice in out.stdout
+    out = cli("failed", "list", "--queue", "b", env=env)
+    assert "1 failed task(s)" in out.stdout and "second" in out.stdout
+    assert "0 failed task(s)" in cli("failed", "list", "--older-than", "3600", env=env).stdout
+    assert "3 failed task(s)" in cli("failed", "list", "--newer-than", "3600", env=env).stdout
+    out = cli("failed", "show", twice, env=env)
+    assert out.returncode == 0, out.stderr
+    assert f"id:        {twice}" in out.stdout and "attempt:   2 of 2" in out.stdout
+    assert 'args:      ["x"]' in out.stdout and "ValueError: x went wrong" in out.stdout
+    assert "Traceback" in out.stdout  # the whole error
+    out = cli("failed", "show", "no-such-task", env=env)
+    assert out.returncode == 1 and "no failed task 'no-such-task'" in out.stderr
+    out = cli("failed", "requeue", "--task", "tests.ops_helpers.always_fails", env=env)
+    assert out.returncode == 0 and "requeued 1 task(s)" in out.stdout
+    # it runs again from attempt 1: one failure is a retry, not the end
+    out = cli("worker", "--max-tasks", "1", "--queues", "a", "--import", "tests.ops_helpers", env=env)
+    assert out.returncode == 0, out.stderr
+    assert f"always_fails {twice} failed on attempt 1/2" in out.stderr and "retrying" in out.stderr
+    out = cli("failed", "purge", "--queue", "b", env=env)
+    assert "purged 1 task(s)" in out.stdout
+    assert "1 failed task(s)" in cli("failed", "list", env=env).stdout  # only "first" is left
+    out = cli("failed", "requeue", env=env)
+    assert out.returncode == 2 and "--task" in out.stderr
