@@ -163,6 +163,12 @@ class Config:
     disable_default_exception_handler: bool = _setting(
         False, "No log line of the worker's own for a task's exception.", group="worker"
     )
+    maintenance_interval: float = _setting(
+        c.DEFAULT_MAINTENANCE_INTERVAL_S,
+        "Seconds between the driver's clean-ups (expired results, old failed entries); 0: none. "
+        "Leases need none: an expired one is claimable again.",
+        group="worker",
+    )
     worker_class: str | None = _setting(
         None, "Worker subclass to run, as module.Class (RQ's --worker-class).", group="worker"
     )

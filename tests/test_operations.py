@@ -726,3 +726,26 @@ def test_failed_filters_show_and_requeue_with_attempts_from_one(env: dict[str, s
     assert "1 failed task(s)" in cli("failed", "list", env=env).stdout  # only "first" is left
     out = cli("failed", "requeue", env=env)
     assert out.returncode == 2 and "--task" in out.stderr
+
+
+async def test_maintenance_interval_runs_the_drivers_clean_up(env: dict[str, str]) -> None:
+    import signal
+    import sqlite3
+
+    from asynctasq.drivers.sqlite import SQLiteDriver
+
+    async with SQLiteDriver(env["ASYNCTASQ_SQLITE_PATH"]) as driver:
+        await driver.store_results([("gone-soon", b"1")], ttl=0.05)
+
+    def results() -> int:
+        with sqlite3.connect(env["ASYNCTASQ_SQLITE_PATH"]) as raw:
+            return int(raw.execute("SELECT count(*) FROM results").fetchone()[0])
+
+    assert results() == 1
+    proc = _start_worker(env, "--maintenance-interval", "0.2")
+    try:
+        await _wait_record(env, lambda rs: results() == 0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        proc.communicate()

@@ -41,6 +41,7 @@ from asynctasq.constants import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DEQUEUE_STRATEGY,
     DEFAULT_HEARTBEAT_INTERVAL_S,
+    DEFAULT_MAINTENANCE_INTERVAL_S,
     DEFAULT_MAX_RETRY_DELAY_S,
     DEFAULT_QUEUE,
     DEFAULT_RESULTS_TTL_S,
@@ -217,6 +218,7 @@ class Worker:
         sentry_dsn: str | None = None,
         metrics_port: int | None = None,
         otel: bool = False,
+        maintenance_interval: float = DEFAULT_MAINTENANCE_INTERVAL_S,
     ) -> None:
         if isinstance(queues, str):
             queues = [q for q in queues.split(",") if q]
@@ -268,6 +270,7 @@ class Worker:
         self.sentry_dsn = sentry_dsn
         self.metrics_port = metrics_port
         self.otel = otel
+        self.maintenance_interval = maintenance_interval
         self._tracer: Any = None
         self._metrics: WorkerMetrics | None = None
         self._lost_reported = 0
@@ -346,6 +349,7 @@ class Worker:
             sentry_dsn=config.sentry_dsn,
             metrics_port=config.metrics_port,
             otel=config.otel,
+            maintenance_interval=config.maintenance_interval,
         )
         if "worker_id" in overrides:  # the other spelling of name
             settings["name"] = overrides.pop("worker_id")
@@ -460,6 +464,7 @@ class Worker:
                 loop.create_task(self._flush_loop(), name="asynctasq-ack-flush"),
                 loop.create_task(self._lease_loop(), name="asynctasq-leases"),
                 loop.create_task(self._registry_loop(), name="asynctasq-registry"),
+                loop.create_task(self._maintenance_loop(), name="asynctasq-maintenance"),
             ]
             if self._metrics is not None:
                 self._background.append(loop.create_task(self._metrics_loop(), name="asynctasq-metrics"))
@@ -996,6 +1001,19 @@ class Worker:
             for delivery in self._running:
                 by_queue[delivery.queue] = by_queue.get(delivery.queue, 0) + 1
             self._metrics.running(self.queues, by_queue)
+
+    async def _maintenance_loop(self) -> None:
+        """The driver's clean-up every ``maintenance_interval`` seconds (RQ's option)."""
+        if self.maintenance_interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.maintenance_interval)
+            try:
+                await self.driver.maintain()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.warning("driver maintenance failed: %s", exc)
 
     async def _metrics_loop(self) -> None:
         """Queue depths (the driver's stats) and in-flight tasks, every few seconds."""

@@ -512,6 +512,11 @@ class BaseDriver(ABC):
     async def stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
         raise self._unsupported("queue stats")
 
+    async def maintain(self) -> None:  # noqa: B027 - optional hook
+        """Clean-up the broker does not do by itself (expired results, failed entries past
+        their retention); workers call it every ``--maintenance-interval`` seconds. Leases
+        need none: an expired one is simply claimable again."""
+
     async def oldest_waiting(self, queues: Sequence[str]) -> dict[str, float | None]:
         """Seconds the longest-waiting ready message of each queue has been ready (None: none
         is ready), for ``asynctasq info``; ``UnsupportedOperation`` where the broker cannot say."""

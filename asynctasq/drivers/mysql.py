@@ -981,6 +981,10 @@ class MySQLDriver(BaseDriver):
         await self._sweep()
         return bool(results[-2][0] == 1)
 
+    async def maintain(self) -> None:
+        self._next_cleanup = 0.0
+        await self._sweep()
+
     async def _sweep(self) -> None:
         """Now and then: delete expired results and failed entries past their retention."""
         now = time.monotonic()

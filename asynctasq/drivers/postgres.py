@@ -519,6 +519,9 @@ class PostgresDriver(BaseDriver):
             self._last_sweep = now
             await self.sweep()
 
+    async def maintain(self) -> None:
+        await self.sweep()
+
     async def sweep(self) -> None:
         """Retention: delete expired results and failed entries older than ``failed_retention_s``.
 

@@ -688,6 +688,12 @@ class SQLiteDriver(BaseDriver):
                 out[queue] = None if age is None else max(float(age), 0.0)
         return out
 
+    async def maintain(self) -> None:
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute("DELETE FROM results WHERE expires_at <= ?", (time.time(),))
+
+        await self._run(op)
+
     async def list_queues(self) -> list[str]:
         async def op(conn: aiosqlite.Connection) -> list[str]:
             rows = await conn.execute_fetchall(
