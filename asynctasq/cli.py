@@ -454,6 +454,31 @@ def systemd_unit(
 
 @app.command()
 @with_settings("general", "worker")
+def cancel(
+    task_id: Annotated[str, typer.Argument(help="The task id dispatch printed.")],
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Remove a task that is still waiting (ready or delayed); a running one goes on (see stop-task)."""
+    config = _config(flags)
+    only = config.queues if "queues" in flags else None
+
+    async def main(driver: Any) -> str | None:
+        from asynctasq.ops import cancel_task
+
+        return await cancel_task(driver, task_id, only)
+
+    queue = _run(_with_driver(config, main))
+    if queue is None:
+        raise _fail(
+            f"task {task_id} is not waiting on any queue: it ran, is running (asynctasq stop-task), "
+            "or the id is wrong"
+        )
+    typer.echo(f"cancelled {task_id} (it was waiting on {queue})")
+
+
+@app.command()
+@with_settings("general", "worker")
 def shutdown(
     worker_name: Annotated[str, typer.Argument(help="Worker name, as `info` lists it.")],
     *,

@@ -295,3 +295,24 @@ async def requeue_failed(driver: BaseDriver, found: list[FailedTask], serializer
     if raw:
         moved += await driver.failed_requeue(raw)
     return moved
+
+
+CANCEL_SCAN_LIMIT = 100_000
+"""Most waiting messages per queue that ``cancel`` reads to find a task id."""
+
+
+async def cancel_task(driver: BaseDriver, task_id: str, queues: list[str] | None = None) -> str | None:
+    """Remove the waiting task ``task_id`` (what dispatch returned) from the first of ``queues``
+    (default: every queue on the broker) that holds it; the queue it was on, or None."""
+    from asynctasq.message import Envelope
+    from asynctasq.signing import strip_signature
+
+    for queue in queues if queues is not None else await driver.list_queues():
+        for message_id, body in await driver.peek(queue, CANCEL_SCAN_LIMIT):
+            try:
+                env = Envelope.decode(strip_signature(body), accept_pickle=False)
+            except Exception:  # noqa: BLE001 - an undecodable message is not the one
+                continue
+            if env.id == task_id:
+                return queue if await driver.cancel(queue, message_id) else None
+    return None

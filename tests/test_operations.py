@@ -749,3 +749,33 @@ async def test_maintenance_interval_runs_the_drivers_clean_up(env: dict[str, str
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         proc.communicate()
+
+
+def test_cancel_a_waiting_task_by_its_id(env: dict[str, str]) -> None:
+    out = cli(
+        "dispatch",
+        "tests.cli_tasks.add",
+        "--import",
+        "tests.cli_tasks",
+        "--args",
+        "[1, 2]",
+        "--delay",
+        "600",
+        "--queue",
+        "later",
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    delayed = out.stdout.strip()
+    out = cli("dispatch", "tests.cli_tasks.add", "--import", "tests.cli_tasks", "--args", "[3, 4]", env=env)
+    ready = out.stdout.strip()
+    out = cli("cancel", delayed, env=env)
+    assert out.returncode == 0 and f"cancelled {delayed} (it was waiting on later)" in out.stdout, out.stderr
+    out = cli("cancel", delayed, env=env)
+    assert out.returncode == 1 and "is not waiting on any queue" in out.stderr
+    out = cli("cancel", ready, "--queues", "later", env=env)  # not on that queue
+    assert out.returncode == 1
+    out = cli("worker", "--burst", "--import", "tests.cli_tasks", env=env)
+    assert "add 3+4=7" in out.stdout and "add 1+2" not in out.stdout
+    doc = json.loads(cli("info", "--json", env=env).stdout)
+    assert doc["queues"].get("later", {"delayed": 0})["delayed"] == 0

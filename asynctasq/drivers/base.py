@@ -512,6 +512,12 @@ class BaseDriver(ABC):
     async def stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
         raise self._unsupported("queue stats")
 
+    async def peek(self, queue: str, limit: int = 100) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` messages of ``queue`` still waiting (ready, then delayed), as
+        ``(message id, body)``, without leasing them: for finding a task by its id
+        (``asynctasq cancel TASK_ID``). Drivers with the ``cancel`` capability have it."""
+        raise self._unsupported("looking at waiting messages")
+
     async def maintain(self) -> None:  # noqa: B027 - optional hook
         """Clean-up the broker does not do by itself (expired results, failed entries past
         their retention); workers call it every ``--maintenance-interval`` seconds. Leases

@@ -242,6 +242,13 @@ class MemoryDriver(BaseDriver):
                 out[entry["queue"]]["failed"] += 1
         return out
 
+    async def peek(self, queue: str, limit: int = 100) -> list[tuple[str, bytes]]:
+        validate_queue_name(queue)
+        self._run_timers(time.monotonic())
+        waiting = [m for m in self._s.messages.values() if m.queue == queue and m.state != "leased"]
+        waiting.sort(key=lambda m: (m.state != "ready", m.due))
+        return [(m.id, m.body) for m in waiting[:limit]]
+
     async def oldest_waiting(self, queues: Sequence[str]) -> dict[str, float | None]:
         now = time.monotonic()
         self._run_timers(now)

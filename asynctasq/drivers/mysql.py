@@ -981,6 +981,17 @@ class MySQLDriver(BaseDriver):
         await self._sweep()
         return bool(results[-2][0] == 1)
 
+    async def peek(self, queue: str, limit: int = 100) -> list[tuple[str, bytes]]:
+        validate_queue_name(queue)
+        rows = (
+            await self._query(
+                f"SELECT id, body FROM {self._t} WHERE queue = %s "
+                "AND (token IS NULL OR due <= UTC_TIMESTAMP(6)) ORDER BY due, id LIMIT %s",
+                [queue, int(limit)],
+            )
+        )[0][1]
+        return [(str(r[0]), bytes(r[1])) for r in rows]
+
     async def maintain(self) -> None:
         self._next_cleanup = 0.0
         await self._sweep()

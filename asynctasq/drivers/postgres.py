@@ -519,6 +519,11 @@ class PostgresDriver(BaseDriver):
             self._last_sweep = now
             await self.sweep()
 
+    async def peek(self, queue: str, limit: int = 100) -> list[tuple[str, bytes]]:
+        validate_queue_name(queue)
+        rows = await self._db("peek", lambda p: p.fetch(self._sql.peek, queue, limit))
+        return [(str(r[0]), bytes(r[1])) for r in rows]
+
     async def maintain(self) -> None:
         await self.sweep()
 
@@ -822,6 +827,10 @@ class _Statements:
             ) s ON true
         """
         self.purge = f"DELETE FROM {t} WHERE queue = $1"
+        self.peek = f"""
+            SELECT id, body FROM {t} WHERE queue = $1 AND (lease_token IS NULL OR visible_at <= now())
+            ORDER BY visible_at, id LIMIT $2
+        """
         self.oldest_waiting = f"""
             SELECT q.name, extract(epoch FROM now() - (
                 SELECT min(visible_at) FROM {t} WHERE queue = q.name AND visible_at <= now()

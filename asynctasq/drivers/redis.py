@@ -533,6 +533,20 @@ class RedisDriver(BaseDriver):
     async def cancel(self, queue: str, message_id: str) -> bool:
         return bool(await self._one(lua.command(lua.CANCEL, self._keys(queue).cancel, (message_id,))))
 
+    async def peek(self, queue: str, limit: int = 100) -> list[tuple[str, bytes]]:
+        qk = self._keys(queue)
+        if limit <= 0:
+            return []
+        ready_key, delayed_key, _, body_key = qk.cancel[:4]
+        ready, delayed = await self._many(
+            [pack(("LRANGE", ready_key, 0, limit - 1)), pack(("ZRANGE", delayed_key, 0, limit - 1))]
+        )
+        ids = [*ready, *delayed][:limit]
+        if not ids:
+            return []
+        bodies = await self._one(pack(("HMGET", body_key, *ids)))
+        return [(_text(i), b) for i, b in zip(ids, bodies, strict=True) if b is not None]
+
     async def _queues_for(self, queue: str | None) -> list[str]:
         if queue is not None:
             self._keys(queue)

@@ -688,6 +688,20 @@ class SQLiteDriver(BaseDriver):
                 out[queue] = None if age is None else max(float(age), 0.0)
         return out
 
+    async def peek(self, queue: str, limit: int = 100) -> list[tuple[str, bytes]]:
+        validate_queue_name(queue)
+
+        async def op(conn: aiosqlite.Connection) -> list[Any]:
+            return list(
+                await conn.execute_fetchall(
+                    "SELECT id, body FROM tasks WHERE queue = ? AND (token IS NULL OR due <= ?) "
+                    "ORDER BY due, id LIMIT ?",
+                    (queue, time.time(), limit),
+                )
+            )
+
+        return [(str(r[0]), bytes(r[1])) for r in await self._run(op)]
+
     async def maintain(self) -> None:
         async def op(conn: aiosqlite.Connection) -> None:
             await conn.execute("DELETE FROM results WHERE expires_at <= ?", (time.time(),))

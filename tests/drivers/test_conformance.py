@@ -356,6 +356,25 @@ async def test_oldest_waiting_is_the_age_of_the_first_ready_message(driver: Base
     await driver.ack(got)
 
 
+async def test_peek_shows_waiting_messages_without_leasing_them(driver: BaseDriver, queue: str) -> None:
+    try:
+        assert await driver.peek(queue) == []
+    except UnsupportedOperation as exc:
+        assert not driver.supports("cancel"), "a driver that cancels by id must let callers find the id"
+        assert "waiting messages" in str(exc)
+        return
+    first, later = await driver.enqueue_many([EnqueueItem(queue, b"first"), EnqueueItem(queue, b"later", 60)])
+    [leased] = await take(driver, [queue], 1)
+    assert leased.id == first
+    second = await driver.enqueue(queue, b"second")
+    seen = await driver.peek(queue, 10)
+    assert seen == [(second, b"second"), (later, b"later")], "ready first, then delayed; not the leased"
+    assert await driver.peek(queue, 1) == [(second, b"second")]
+    assert await driver.dequeue([queue], 10, wait=0) != [], "peeking leased nothing"
+    assert await driver.cancel(queue, later) is True  # what peek gives, cancel takes
+    assert len(await driver.ack([leased])) == 1
+
+
 async def test_purge(driver: BaseDriver, queue: str) -> None:
     if not driver.supports("purge"):
         with pytest.raises(UnsupportedOperation, match="purg"):
