@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -43,9 +44,20 @@ def interleaved(
             for system in order:
                 res = run(system, workload)
                 results.setdefault((system, workload), []).append(res)
+                _record(system, workload, rep, res)
                 shown = {k: v for k, v in res.items() if k not in ("workload", "driver", "system", "notes")}
                 print(f"rep {rep + 1} {workload:8} {system:14} {shown}", flush=True)
     return results
+
+
+def _record(system: str, workload: str, rep: int, res: dict[str, Any]) -> None:
+    """Each sample, for ``python -m benchmarks run`` (which names the file)."""
+    path = os.environ.get("ASYNCTASQ_BENCH_SAMPLES")
+    if path:
+        record = {**res, "driver": os.environ.get("ASYNCTASQ_BENCH_DRIVER", ""), "system": system}
+        record.update(workload=workload, rep=rep)
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 async def bare_drain_rate(driver: Any, n: int, batch: int, body: bytes) -> float:
