@@ -788,8 +788,9 @@ async def test_app_cli_commands_read_the_app_config(broker: Broker, seed_app: Ca
         assert out.exit_code == 0, out.output
         lines = out.output.splitlines()
         assert sum(line.startswith("== ") for line in lines) == 2  # one block per connection
-        assert any(line.split()[:2] == ["default", "1"] for line in lines), out.output
-        assert any(line.split()[:2] == ["email", "1"] for line in lines), out.output
+        rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines if line.startswith("│")]
+        assert any(row[:2] == ["default", "1"] for row in rows), out.output  # queue, ready
+        assert any(row[:2] == ["email", "1"] for row in rows), out.output
         assert (await run_seed_worker(app)).failed == 1
         assert (await run_seed_worker(app, ["email"])).succeeded == 1
         assert ran_in_the_app(
@@ -802,7 +803,7 @@ async def test_app_cli_commands_read_the_app_config(broker: Broker, seed_app: Ca
         assert out.exit_code == 0 and "requeued 1 task(s)" in out.output, out.output
         assert await ready_on(s.config, "default") == 1
         out = await invoke("failed", "requeue")
-        assert out.exit_code == 2 and "name ids, --queue or --all" in out.output, out.output
+        assert out.exit_code == 2 and "--task, --older-than or --all" in out.output, out.output
         out = await invoke("dispatch", RESET, "--queue", "emial")
         assert out.exit_code == 1 and "'emial' is not configured" in out.output, out.output
     finally:
