@@ -60,17 +60,27 @@ from asynctasq.constants import (
     DEFAULT_LEASE_S,
     DEFAULT_RABBITMQ_CONNECT_TIMEOUT_S,
     DEFAULT_RABBITMQ_MAX_MESSAGE_BYTES,
+    DEFAULT_RABBITMQ_PREFETCH_HOLD_S,
     DEFAULT_RABBITMQ_PREFIX,
     DEFAULT_RABBITMQ_QUEUE_TYPE,
     DEFAULT_RABBITMQ_URL,
     DEFAULT_RECONNECT_TIMEOUT_S,
+    RABBITMQ_DELIVERY_LIMIT,
+    RABBITMQ_FAILED_DELIVERY_LIMIT,
     RABBITMQ_GIVE_BACK_TIMEOUT_S,
     RABBITMQ_SETTLE_S,
 )
 from asynctasq.drivers._amqp import ConsumerConnection, Msg
 from asynctasq.drivers._reconnect import Reconnect, log, one_line
 from asynctasq.drivers._wait import Waiter, queue_key
-from asynctasq.drivers.base import BaseDriver, Delivery, EnqueueItem, FailedEntry, validate_queue_name
+from asynctasq.drivers.base import (
+    BaseDriver,
+    Delivery,
+    EnqueueItem,
+    FailedEntry,
+    QueueStats,
+    validate_queue_name,
+)
 from asynctasq.errors import BrokerError, DriverNotAvailable, SchemaError
 from asynctasq.utils.urls import redact_url
 
@@ -142,6 +152,8 @@ class _Consumer:
     expected: int = 0
     """Ready messages the broker reported when the consumer started, not yet arrived."""
     settle_until: float = 0.0
+    since: float = 0.0
+    """When the buffer was last drawn from or last became non-empty."""
 
 
 @dataclass(slots=True)
@@ -158,11 +170,14 @@ class RabbitMQDriver(BaseDriver):
     name), ``queue_type`` (``auto``: quorum queues, the default; ``quorum``; ``classic``),
     ``prefetch`` (fixed per-consumer prefetch; default: follow the worker's free slots),
     ``consumer_timeout_s`` (the ``x-consumer-timeout`` consumer argument, honoured by RabbitMQ
-    3.12 and later; older servers take the ``consumer_timeout`` server setting), ``connect_timeout_s``,
-    ``reconnect_timeout_s``, ``lease_seconds``, ``max_message_bytes``."""
+    3.12 and later; older servers take the ``consumer_timeout`` server setting),
+    ``prefetch_hold_s`` (how long prefetched deliveries nobody asks for stay in this driver before
+    they go back), ``connect_timeout_s``, ``reconnect_timeout_s``, ``lease_seconds`` (also sets
+    the consumer connection's heartbeat to half of it, so that the broker takes back a stopped
+    process's deliveries about when their leases end), ``max_message_bytes``."""
 
     name = "rabbitmq"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"failed", "fencing"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"stats", "purge", "failed", "fencing"})
     default_max_message_bytes = DEFAULT_RABBITMQ_MAX_MESSAGE_BYTES
 
     def __init__(
@@ -173,6 +188,7 @@ class RabbitMQDriver(BaseDriver):
         queue_type: str = DEFAULT_RABBITMQ_QUEUE_TYPE,
         prefetch: int | None = None,
         consumer_timeout_s: float | None = None,
+        prefetch_hold_s: float = DEFAULT_RABBITMQ_PREFETCH_HOLD_S,
         connect_timeout_s: float = DEFAULT_RABBITMQ_CONNECT_TIMEOUT_S,
         reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
         lease_seconds: float = DEFAULT_LEASE_S,
@@ -192,6 +208,9 @@ class RabbitMQDriver(BaseDriver):
         self.queue_type = queue_type
         self.prefetch = prefetch
         self.consumer_timeout_s = consumer_timeout_s
+        self.prefetch_hold_s = prefetch_hold_s
+        self.heartbeat_s = max(1, math.ceil(lease_seconds / 2))
+        """Of the consumer connection: RabbitMQ drops it after about two missed heartbeats."""
         self.connect_timeout_s = connect_timeout_s
         parts = urlsplit(url)
         self._where = f"RabbitMQ at {redact_url(url)}"
@@ -213,12 +232,14 @@ class RabbitMQDriver(BaseDriver):
         self._epoch = 0
         self._type = "quorum"
         self._declared: set[str] = set()
-        self._levels = -1
+        self._levels: dict[str, int] = {}
+        """The highest level of each queue's delay ladder declared on this connection."""
         self._consumers: dict[str, _Consumer] = {}
         self._leases: dict[str, _Lease] = {}
         self._unacked: set[int] = set()
         """Delivery tags of the consumer channel not yet acked: buffered, leased, on their way."""
         self._lease_timer: asyncio.TimerHandle | None = None
+        self._hold_timer: asyncio.TimerHandle | None = None
         self._arrived = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._probing = 0
@@ -244,22 +265,30 @@ class RabbitMQDriver(BaseDriver):
     def _deliver_x(self) -> str:
         return f"{self.prefix}/deliver"
 
-    def _level(self, i: int) -> str:
-        return f"{self.prefix}/delay/{i}"
+    def _level(self, queue: str, i: int) -> str:
+        return f"{self.prefix}/delay/{queue}/{i}"
 
-    def _queue_args(self, **extra: Any) -> dict[str, Any]:
+    def _queue_args(self, delivery_limit: int | None = None, **extra: Any) -> dict[str, Any]:
         args: dict[str, Any] = {"x-queue-type": self._type}
         if self._type == "quorum":
             args["x-dead-letter-strategy"] = "at-least-once"
             args["x-overflow"] = "reject-publish"
+            if delivery_limit is not None:
+                args["x-delivery-limit"] = delivery_limit
         args.update(extra)
         return args
 
     # -- connection ------------------------------------------------------------------------
 
     async def connect(self) -> None:
+        """One attempt: a broker that cannot be reached at start-up is a clear error at once
+        (later operations reconnect with backoff)."""
         self._closed = False
-        await self._reconnect.run(self._ensure)
+        try:
+            await self._ensure()
+        except _RETRYABLE as exc:
+            await self._drop()
+            raise self._reconnect.unavailable(exc) from None
 
     async def _ensure(self) -> aiormq.abc.AbstractChannel:
         """The publishing channel of a live connection, opening one first if needed."""
@@ -295,6 +324,7 @@ class RabbitMQDriver(BaseDriver):
                 self.connect_timeout_s,
                 on_cancel=self._on_cancel,
                 on_closed=lambda exc: self._closed_with(epoch, exc),
+                heartbeat_s=self.heartbeat_s,
             )
             self._type = self._pick_type(conn)
             for closable in (conn, self._pub):
@@ -328,7 +358,9 @@ class RabbitMQDriver(BaseDriver):
         ch = await self._admin()
         try:
             await ch.exchange_declare(self._deliver_x, exchange_type="topic", durable=True)
-            await ch.queue_declare(self._failed_q, durable=True, arguments=self._queue_args())
+            await ch.queue_declare(
+                self._failed_q, durable=True, arguments=self._queue_args(RABBITMQ_FAILED_DELIVERY_LIMIT)
+            )
         except amqp_errors.ChannelPreconditionFailed as exc:
             raise self._inequivalent(self._failed_q, exc) from None
 
@@ -360,10 +392,11 @@ class RabbitMQDriver(BaseDriver):
         self._unacked.clear()
         self._consumers.clear()
         self._declared.clear()
-        self._levels = -1
-        if self._lease_timer is not None:
-            self._lease_timer.cancel()
-            self._lease_timer = None
+        self._levels.clear()
+        for timer in (self._lease_timer, self._hold_timer):
+            if timer is not None:
+                timer.cancel()
+        self._lease_timer = self._hold_timer = None
 
     async def _drop(self) -> None:
         conn, self._conn, self._pub, self._adm = self._conn, None, None, None
@@ -382,8 +415,12 @@ class RabbitMQDriver(BaseDriver):
 
     async def disconnect(self) -> None:
         self._closed = True
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
         try:
             if self._sub is not None and not self._sub.is_closed:
+                await self._settle_moves(RABBITMQ_GIVE_BACK_TIMEOUT_S)
                 await asyncio.wait_for(self._give_back_buffered(), RABBITMQ_GIVE_BACK_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - closing returns them to the queue anyway
             log.warning(
@@ -395,19 +432,39 @@ class RabbitMQDriver(BaseDriver):
         await self._drop()
         self.hub.wake_all()
 
+    async def _settle_moves(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) for the give-backs and re-delays this driver has started."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    async def _give_back_quietly(self, consumers: list[_Consumer]) -> None:
+        try:
+            await self._give_back(consumers)
+        except Exception as exc:  # noqa: BLE001 - unacked, they come back with the channel
+            log.warning(
+                "could not give back prefetched messages (%s); the broker requeues them",
+                one_line(exc, self._reconnect.secret),
+            )
+
     async def _give_back_buffered(self) -> None:
-        """Stop the consumers and re-publish what they prefetched but never handed out,
-        uncounted (closing the channel would requeue them counted)."""
-        sub, pub = self._sub, self._pub
-        assert sub is not None and pub is not None
-        for consumer in list(self._consumers.values()):
+        consumers = list(self._consumers.values())
+        self._consumers.clear()
+        await self._give_back(consumers)
+
+    async def _give_back(self, consumers: list[_Consumer]) -> None:
+        """Stop ``consumers`` (no longer in ``_consumers``) and re-publish what they prefetched
+        but never handed out, uncounted (closing the channel would requeue them counted)."""
+        sub = self._sub
+        if sub is None or sub.is_closed:
+            return
+        epoch = self._epoch
+        for consumer in consumers:
             await sub.cancel(consumer.tag)
         for _ in range(3):  # deliveries that came before the cancel-ok run their callbacks
             await asyncio.sleep(0)
-        buffered = [(c.queue, m) for c in self._consumers.values() for m in c.buffer]
-        for c in self._consumers.values():
+        buffered = [(c.queue, m) for c in consumers for m in c.buffer]
+        for c in consumers:
             c.buffer.clear()
-        self._consumers.clear()
         if not buffered:
             return
         await asyncio.gather(
@@ -421,7 +478,8 @@ class RabbitMQDriver(BaseDriver):
                 for queue, m in buffered
             )
         )
-        await self._ack_tags(sub, [m.tag for _, m in buffered])
+        if epoch == self._epoch and not sub.is_closed:
+            await self._ack_tags(sub, [m.tag for _, m in buffered])
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -429,7 +487,10 @@ class RabbitMQDriver(BaseDriver):
         if queue in self._declared:
             return
         ch = await self._admin()
-        args = self._queue_args(**{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self._failed_q})
+        args = self._queue_args(
+            RABBITMQ_DELIVERY_LIMIT,
+            **{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self._failed_q},
+        )
         try:
             await ch.queue_declare(self._q(queue), durable=True, arguments=args)
         except amqp_errors.ChannelPreconditionFailed as exc:
@@ -438,14 +499,16 @@ class RabbitMQDriver(BaseDriver):
         self._declared.add(queue)
         self.queues_seen.add(queue)
 
-    async def _declare_levels(self, top: int) -> None:
-        """Declare the delay ladder up to level ``top``."""
+    async def _declare_levels(self, queue: str, top: int) -> None:
+        """Declare the delay ladder of ``queue`` up to level ``top`` (always from level 0 up:
+        ``stats`` and ``purge`` stop at the first level missing)."""
         ch = await self._admin()
-        for i in range(self._levels + 1, top + 1):
-            name = self._level(i)
-            below = self._level(i - 1) if i else self._deliver_x
+        for i in range(self._levels.get(queue, -1) + 1, top + 1):
+            name = self._level(queue, i)
+            below = self._level(queue, i - 1) if i else self._deliver_x
             await ch.exchange_declare(name, exchange_type="topic", durable=True)
-            args = self._queue_args(**{"x-message-ttl": 1 << i, "x-dead-letter-exchange": below})
+            level: dict[str, Any] = {"x-message-ttl": 1 << i, "x-dead-letter-exchange": below}
+            args = self._queue_args(None, **level)
             try:
                 await ch.queue_declare(name, durable=True, arguments=args)
             except amqp_errors.ChannelPreconditionFailed as exc:
@@ -453,7 +516,7 @@ class RabbitMQDriver(BaseDriver):
             pad = "*." * (DELAY_LEVELS - 1 - i)
             await ch.queue_bind(name, name, routing_key=pad + "1.#")
             await ch.exchange_bind(below, name, routing_key=pad + "0.#")
-            self._levels = i
+            self._levels[queue] = i
 
     async def _publish(
         self,
@@ -479,9 +542,9 @@ class RabbitMQDriver(BaseDriver):
             elif delay > 0:
                 ms = delay_bits(delay)
                 top = ms.bit_length() - 1
-                if top > self._levels:
-                    await self._declare_levels(top)
-                exchange, key = self._level(top), delay_routing_key(ms, queue)
+                if top > self._levels.get(queue, -1):
+                    await self._declare_levels(queue, top)
+                exchange, key = self._level(queue, top), delay_routing_key(ms, queue)
             else:
                 exchange, key = "", self._q(queue)
             try:
@@ -496,7 +559,7 @@ class RabbitMQDriver(BaseDriver):
                     ) from None
                 # someone deleted the queue or the ladder under us: declare them again
                 self._declared.discard(queue)
-                self._levels = -1
+                self._levels.pop(queue, None)
                 await self._declare_queue(queue)
                 continue
             if not isinstance(confirm, spec.Basic.Ack):
@@ -543,7 +606,11 @@ class RabbitMQDriver(BaseDriver):
         now = time.monotonic()
         for q in queues:
             consumer = self._consumers.get(q)
-            while consumer is not None and consumer.buffer and len(out) < limit:
+            if consumer is None:
+                continue
+            if consumer.buffer:
+                consumer.since = now
+            while consumer.buffer and len(out) < limit:
                 out.append(self._lease(consumer.buffer.popleft(), q, now))
             if len(out) >= limit:
                 break
@@ -551,16 +618,25 @@ class RabbitMQDriver(BaseDriver):
             self._arm_leases()
         return out
 
+    def _held(self) -> dict[str, int]:
+        """Leases held per consumer tag."""
+        held: dict[str, int] = {}
+        for lease in self._leases.values():
+            held[lease.consumer] = held.get(lease.consumer, 0) + 1
+        return held
+
     def _consuming(self, queues: Sequence[str], limit: int) -> bool:
-        """Whether every queue already has a consumer with room for ``limit`` more (held
-        deliveries of all queues counted: an upper bound), on an open channel."""
+        """Whether every queue already has a consumer with room for its leases plus ``limit``
+        more, on an open channel."""
         sub = self._sub
         if sub is None or sub.is_closed:
             return False
-        need = len(self._leases) + limit
+        held = self._held()
         for q in queues:
             consumer = self._consumers.get(q)
-            if consumer is None or (not self.prefetch and consumer.prefetch < need):
+            if consumer is None:
+                return False
+            if not self.prefetch and consumer.prefetch < held.get(consumer.tag, 0) + limit:
                 return False
         return True
 
@@ -570,18 +646,19 @@ class RabbitMQDriver(BaseDriver):
         await self._ensure()
         sub = self._sub
         assert sub is not None
-        held: dict[str, int] = {}
-        for lease in self._leases.values():
-            held[lease.delivery.queue] = held.get(lease.delivery.queue, 0) + 1
+        held = self._held()
         for q in queues:
             consumer = self._consumers.get(q)
-            want = self.prefetch or held.get(q, 0) + limit
+            mine = held.get(consumer.tag, 0) if consumer is not None else 0
+            want = self.prefetch or mine + limit
             if consumer is not None and (self.prefetch or consumer.prefetch >= want):
                 if self._probing and not consumer.buffer:
                     await self._probe(consumer)
                 continue
             await self._declare_queue(q)
-            prefetch = self.prefetch or 1 << (want - 1).bit_length()
+            # exactly what is asked (the old consumer's leases count on its own tag): what the
+            # worker does not take in time goes back after prefetch_hold_s
+            prefetch = want
             await sub.qos(prefetch)
             ok = await (await self._admin()).queue_declare(self._q(q), passive=True)
             tag = f"asynctasq.{uuid.uuid4().hex[:12]}"
@@ -589,9 +666,9 @@ class RabbitMQDriver(BaseDriver):
             if consumer is not None:
                 new.buffer = consumer.buffer
                 await sub.cancel(consumer.tag)
-            room = prefetch - held.get(q, 0) - len(new.buffer)
+            room = prefetch - len(new.buffer)
             new.expected = max(min(int(ok.message_count or 0), room), 0)
-            new.settle_until = time.monotonic() + RABBITMQ_SETTLE_S
+            new.settle_until = new.since = time.monotonic() + RABBITMQ_SETTLE_S
             self._consumers[q] = new
             await sub.consume(self._q(q), tag, self._on_message(new, self._epoch), self._consume_args)
 
@@ -658,13 +735,36 @@ class RabbitMQDriver(BaseDriver):
             if isinstance(due, int) and due - time.time() * 1000 > 1000:
                 self._spawn(self._redelay(message, consumer.queue, due))
                 return
+            if not consumer.buffer:
+                consumer.since = max(consumer.since, time.monotonic())
             consumer.buffer.append(message)
             if consumer.expected:
                 consumer.expected -= 1
+            if self._hold_timer is None and self.prefetch_hold_s > 0:
+                loop = asyncio.get_running_loop()
+                self._hold_timer = loop.call_later(self.prefetch_hold_s, self._check_held)
             self._arrived.set()
             self.hub.wake([queue_key(consumer.queue)])
 
         return arrived
+
+    def _check_held(self) -> None:
+        """Stop the consumers whose prefetched deliveries nobody asked for in
+        ``prefetch_hold_s``, and give those back: a driver that stopped asking (a busy or
+        suspended worker, a producer that dequeued once) must not keep them from the others."""
+        self._hold_timer = None
+        now = time.monotonic()
+        stale = [c for c in self._consumers.values() if c.buffer and now - c.since >= self.prefetch_hold_s]
+        for c in stale:
+            del self._consumers[c.queue]
+        if stale:
+            self._spawn(self._give_back_quietly(stale))
+        waiting = [c.since for c in self._consumers.values() if c.buffer]
+        if waiting:
+            loop = asyncio.get_running_loop()
+            self._hold_timer = loop.call_later(
+                max(min(waiting) + self.prefetch_hold_s - now, 0.01), self._check_held
+            )
 
     async def _pause(self, waiter: Waiter, queues: Sequence[str], left: float) -> None:
         # deliveries are pushed: the consumer callback wakes the waiter; nothing to poll
@@ -713,9 +813,13 @@ class RabbitMQDriver(BaseDriver):
         self._lease_timer = loop.call_at(loop.time() + max(first - time.monotonic(), 0.0), self._expire)
 
     def _expire(self) -> None:
-        """Put back every lease past its deadline (counted: it was delivered)."""
+        """Put back every lease past its deadline, counted (it was delivered): a
+        ``basic.reject`` with requeue, one frame, nothing to duplicate. On a connection the
+        broker already dropped (this process was stopped), the frame goes nowhere and the broker
+        has requeued the delivery itself."""
         self._lease_timer = None
         now = time.monotonic()
+        sub = self._sub
         for token in [t for t, lease in self._leases.items() if lease.deadline <= now]:
             lease = self._leases.pop(token)
             log.warning(
@@ -724,9 +828,12 @@ class RabbitMQDriver(BaseDriver):
                 lease.delivery.queue,
                 self.lease_seconds,
             )
-            self._spawn(
-                self._republish_then_ack(lease, lease.delivery.body, lease.delivery.delivery_count, 0.0)
-            )
+            self._unacked.discard(lease.tag)
+            if sub is not None and not sub.is_closed:
+                try:
+                    sub.reject(lease.tag)
+                except ConnectionError:
+                    pass  # the broker requeues it with the channel
         self._arm_leases()
 
     def _spawn(self, coro: Any) -> None:
@@ -842,12 +949,129 @@ class RabbitMQDriver(BaseDriver):
             lease, lease.delivery.body, 0, 0.0, routing=("", self._failed_q), extra=extra
         )
 
+    # -- stats and purge -------------------------------------------------------------------
+
+    async def _peek(self, names: Sequence[str]) -> list[int | None]:
+        """Ready messages of each queue of ``names`` by passive declares (None: no such queue),
+        on a channel of its own (a passive declare of a missing queue closes its channel)."""
+        conn = self._conn
+        assert conn is not None
+        out: list[int | None] = []
+        ch = await conn.channel(publisher_confirms=False)
+        try:
+            for name in names:
+                try:
+                    ok = await ch.queue_declare(name, passive=True)
+                except amqp_errors.ChannelNotFoundEntity:
+                    out.append(None)
+                    ch = await conn.channel(publisher_confirms=False)
+                    continue
+                out.append(int(ok.message_count or 0))
+        finally:
+            if not ch.is_closed:
+                await ch.close()
+        return out
+
+    async def _ladder(self, queue: str, act: Callable[[list[str]], Any]) -> int:
+        """Sum ``act`` over the declared levels of ``queue``'s delay ladder, found by passive
+        declares 8 at a time (levels are declared from 0 up, so the first missing one ends it)."""
+        total = 0
+        for start in range(0, DELAY_LEVELS, 8):
+            names = [self._level(queue, i) for i in range(start, min(start + 8, DELAY_LEVELS))]
+            counts = await self._peek(names)
+            present = [n for n, c in zip(names, counts, strict=True) if c is not None]
+            total += await act(present)
+            if len(present) < len(names):
+                break
+        return total
+
+    async def stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
+        """``ready``: the work queue's ready messages (a passive declare) plus those this
+        driver prefetched and has not handed out; ``delayed``: the messages in the queue's delay
+        ladder; ``leased``: this driver's own leases (AMQP tells nobody how many deliveries other
+        connections hold unacked: the management API does); ``failed``: the entries of the
+        namespace's failed queue from ``queue``, counted by reading it."""
+        for q in queues:
+            validate_queue_name(q)
+
+        async def op() -> dict[str, QueueStats]:
+            await self._ensure()
+            await self._settle_moves(RABBITMQ_GIVE_BACK_TIMEOUT_S)
+            out: dict[str, QueueStats] = {}
+            for q in queues:
+                [ready] = await self._peek([self._q(q)])
+
+                async def count(names: list[str]) -> int:
+                    return sum(c or 0 for c in await self._peek(names))
+
+                delayed = await self._ladder(q, count)
+                consumer = self._consumers.get(q)
+                buffered = len(consumer.buffer) if consumer is not None else 0
+                leased = sum(1 for lease in self._leases.values() if lease.delivery.queue == q)
+                out[q] = QueueStats(ready=(ready or 0) + buffered, delayed=delayed, leased=leased, failed=0)
+            failed = await self._failed_counts()
+            for q in queues:
+                out[q]["failed"] = failed.get(q, 0)
+            return out
+
+        result: dict[str, QueueStats] = await self._reconnect.run(op)
+        return result
+
+    async def _failed_counts(self) -> dict[str, int]:
+        [total] = await self._peek([self._failed_q])
+        counts: dict[str, int] = {}
+        if not total:
+            return counts
+
+        def visit(entry: FailedEntry) -> str:
+            counts[entry["queue"]] = counts.get(entry["queue"], 0) + 1
+            return "keep"
+
+        await self._scan_failed(visit, direct=True)
+        return counts
+
+    async def purge(self, queue: str) -> int:
+        """``queue.purge`` of the work queue and of each level of its delay ladder, and drop
+        what this driver prefetched from it. Deliveries leased by workers are kept (AMQP purges
+        only ready messages): they are acked or come back."""
+        validate_queue_name(queue)
+
+        async def op() -> int:
+            await self._ensure()
+            await self._settle_moves(RABBITMQ_GIVE_BACK_TIMEOUT_S)
+            ch = await self._admin()
+
+            async def purge_all(names: list[str]) -> int:
+                n = 0
+                for name in names:
+                    ok = await ch.queue_purge(name)
+                    n += int(ok.message_count or 0)
+                return n
+
+            present = [self._q(queue)] if (await self._peek([self._q(queue)]))[0] is not None else []
+            purged = await purge_all(present) + await self._ladder(queue, purge_all)
+            consumer = self._consumers.get(queue)
+            sub = self._sub
+            if consumer is not None and consumer.buffer and sub is not None:
+                tags = [m.tag for m in consumer.buffer]
+                consumer.buffer.clear()
+                await self._ack_tags(sub, tags)
+                purged += len(tags)
+            return purged
+
+        result: int = await self._reconnect.run(op)
+        return result
+
     # -- the failed registry ---------------------------------------------------------------
 
-    async def _scan_failed(self, visit: Callable[[FailedEntry], str], limit: int | None = None) -> int:
+    async def _scan_failed(
+        self, visit: Callable[[FailedEntry], str], limit: int | None = None, *, direct: bool = False
+    ) -> int:
         """Read the failed queue on a channel of its own; ``visit`` says for each entry
         ``keep``, ``drop`` (acked) or ``requeue`` (re-published to its queue, then acked).
-        Entries kept go back with the channel. Returns how many were dropped or requeued."""
+        Entries kept go back with a ``basic.nack`` (RabbitMQ 4.3 does not count a nack as a
+        delivery; older servers do, hence the failed queue's high delivery limit). Returns how
+        many were dropped or requeued. ``direct``: already inside a reconnecting operation."""
 
         async def op() -> int:
             await self._ensure()
@@ -885,6 +1109,8 @@ class RabbitMQDriver(BaseDriver):
                 await ch.close()
             return changed
 
+        if direct:
+            return await op()
         changed: int = await self._reconnect.run(op)
         return changed
 
@@ -937,9 +1163,9 @@ class RabbitMQDriver(BaseDriver):
             ch = await conn.channel(publisher_confirms=False)
             for q in queues:
                 await ch.queue_delete(self._q(q))
-            for i in range(DELAY_LEVELS):
-                await ch.queue_delete(self._level(i))
-                await ch.exchange_delete(self._level(i))
+                for i in range(DELAY_LEVELS):
+                    await ch.queue_delete(self._level(q, i))
+                    await ch.exchange_delete(self._level(q, i))
             await ch.queue_delete(self._failed_q)
             await ch.exchange_delete(self._deliver_x)
         finally:
