@@ -239,6 +239,8 @@ class RabbitMQDriver(BaseDriver):
         self._unacked: set[int] = set()
         """Delivery tags of the consumer channel not yet acked: buffered, leased, on their way."""
         self._lease_timer: asyncio.TimerHandle | None = None
+        self._lease_timer_at = 0.0
+        """When (``time.monotonic``) the lease timer fires: a shortened lease re-arms it."""
         self._hold_timer: asyncio.TimerHandle | None = None
         self._arrived = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -805,12 +807,13 @@ class RabbitMQDriver(BaseDriver):
             return
         first = min(lease.deadline for lease in self._leases.values())
         timer = self._lease_timer
-        if timer is not None and timer.when() <= first + 0.01:
+        if timer is not None and self._lease_timer_at <= first + 0.01:
             return
         if timer is not None:
             timer.cancel()
         loop = asyncio.get_running_loop()
-        self._lease_timer = loop.call_at(loop.time() + max(first - time.monotonic(), 0.0), self._expire)
+        self._lease_timer_at = first
+        self._lease_timer = loop.call_later(max(first - time.monotonic(), 0.0), self._expire)
 
     def _expire(self) -> None:
         """Put back every lease past its deadline, counted (it was delivered): a
@@ -928,6 +931,8 @@ class RabbitMQDriver(BaseDriver):
             if lease is not None and lease.delivery.id == d.id and lease.deadline > now:
                 lease.deadline = now + seconds
                 held.append(d)
+        if held:
+            self._arm_leases()
         return held
 
     async def _release(self, delivery: Delivery, delay: float, body: bytes | None) -> bool:

@@ -16,6 +16,12 @@ from tests.backends import ServiceUnavailable, check_port
 RABBITMQ_URL = os.environ.get("ASYNCTASQ_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 NO_FALLBACK_POLL: dict[str, Any] = {}
 """The driver never polls (deliveries are pushed): nothing to turn off."""
+PREFETCH_HOLD_S = 0.2
+"""The tests' drivers give back prefetched deliveries nobody asked for after this long."""
+HANDOVER_S = PREFETCH_HOLD_S
+"""How long another consumer's prefetch may keep a ready message (tests/backends/__init__.py)."""
+STATS_OWN_LEASES = True
+"""``stats()["leased"]`` counts the calling driver's own leases only."""
 
 _drivers: dict[str, weakref.WeakSet[Any]] = {}
 _queues: dict[str, set[str]] = {}
@@ -37,6 +43,7 @@ async def make_driver(namespace: str, **options: Any) -> Any:
         from asynctasq.drivers.rabbitmq import RabbitMQDriver
     except ImportError as exc:
         raise ServiceUnavailable(f"aio-pika is not installed: {exc}") from exc
+    options.setdefault("prefetch_hold_s", PREFETCH_HOLD_S)
     driver = RabbitMQDriver(url=RABBITMQ_URL, prefix=namespace, **options)
     await driver.connect()
     _drivers.setdefault(namespace, weakref.WeakSet()).add(driver)
