@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import os
 import time
@@ -93,6 +94,12 @@ try:
     from asynctasq.drivers._amqp import ConsumerConnection, Msg
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise DriverNotAvailable('the rabbitmq driver needs aio-pika: pip install "asynctasq[rabbitmq]"') from exc
+
+for _name in ("aiormq.connection", "aiormq.channel"):
+    # aiormq logs every failed connect and a traceback per lost connection; the driver logs
+    # one line per outage itself (drivers/_reconnect.py). A level set by the user is kept.
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.CRITICAL)
 
 QUEUE_TYPES = ("auto", "quorum", "classic")
 DELAY_LEVELS = 32

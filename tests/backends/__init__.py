@@ -28,9 +28,6 @@ RELIABILITY_PENDING: dict[str, str] = {
     "sqs": "no restartable_broker hook yet (moto keeps no state across a restart); the delayed "
     "storm ran one task twice and kill-half/stop-half takes 160 s on moto; an unreachable "
     "endpoint is retried past the test's 90 s",
-    "rabbitmq": "no restartable_broker hook yet; the state machine, stats, purge, the heartbeat "
-    "that ends a stopped worker's leases and the one-line unreachable broker are done, the chaos "
-    "suite has not passed on it yet",
 }
 """Drivers that landed before they passed the reliability suite (tests/test_chaos.py,
 tests/test_state_machine.py, and the broker-restart and unreachable-broker tests of
