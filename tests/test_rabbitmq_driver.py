@@ -530,3 +530,23 @@ async def test_a_late_ack_on_a_dead_connection_is_refused(make: MakeDriver, queu
 def test_the_consumer_heartbeat_follows_the_lease() -> None:
     assert RabbitMQDriver(lease_seconds=1.0).heartbeat_s == 1
     assert RabbitMQDriver(lease_seconds=30.0).heartbeat_s == 15
+
+
+async def test_a_batch_of_delayed_messages_declares_the_ladder_once(make: MakeDriver, queue: str) -> None:
+    """Every publish of a batch used to declare the ladder itself, concurrently: 5,000 delayed
+    tasks took 113 s to dispatch instead of about 2."""
+    driver = await make()
+    declared: list[int] = []
+    real = driver._declare_levels_locked
+
+    async def counting(q: str, top: int) -> None:
+        declared.append(top)
+        await real(q, top)
+
+    driver._declare_levels_locked = counting  # type: ignore[method-assign]
+    await driver.enqueue_many([EnqueueItem(queue, b"d%d" % i, 2.0) for i in range(300)])
+    assert declared == [delay_bits(2.0).bit_length() - 1]
+    assert (await driver.stats([queue]))[queue]["delayed"] == 300
+    got = await take(driver, [queue], 300, timeout=30)
+    assert len(got) == 300
+    await driver.ack(got)

@@ -14,9 +14,10 @@ Layout under prefix ``p`` (``/`` never appears in a queue name, so nothing colli
 - ``p/failed``  the failed registry of the namespace (the original queue, the error and the
   time travel in headers).
 - ``p/deliver``  a topic exchange binding every work queue under ``*.*...*.<queue>``.
-- ``p/delay/<i>``  an exchange and a queue per level ``i`` of the delay ladder: the queue holds
-  each message for exactly ``2**i`` ms (queue TTL, so it expires strictly in order) and
-  dead-letters into the exchange of level ``i - 1``. A delayed message's routing key spells its
+- ``p/delay/<queue>/<i>``  an exchange and a queue per level ``i`` of the queue's delay ladder:
+  the queue holds each message for exactly ``2**i`` ms (queue TTL, so it expires strictly in
+  order) and dead-letters into the exchange of level ``i - 1``; levels are declared from 0 up, so
+  ``stats`` and ``purge`` find them with passive declares. A delayed message's routing key spells its
   delay in binary, ``<bit 31>.<bit 30>...<bit 0>.<queue>``; each exchange sends it into its
   level's queue when its bit is 1 and on to the next level when it is 0, and the last one into
   ``p/deliver``. Nothing polls, nothing is held unacked in a worker, and a delay costs one hop
@@ -35,8 +36,12 @@ free slots plus what it holds; deliveries are buffered from the consumer callbac
 out in queue order, and a blocked ``dequeue`` sleeps until one arrives. A lease is the unacked
 delivery, its token the connection's epoch and the delivery tag: after a reconnect no old
 token matches, so a stale ack never reaches the broker (whose channel would refuse it anyway).
-A lease not extended for ``lease_seconds`` is put back by the driver itself (re-published
-counted, then acked).
+A lease not extended for ``lease_seconds`` is put back by the driver itself (``basic.reject``
+with requeue: counted, one frame). A process that cannot do even that (SIGSTOP) loses its
+consumer connection to the heartbeat (``lease_seconds / 2``), and the broker requeues its
+deliveries. Deliveries pushed into a consumer's buffer that nobody takes within
+``prefetch_hold_s`` go back (re-published uncounted) and that consumer stops until the next
+``dequeue``.
 Round trips: enqueue and enqueue_many 1 (publishes pipelined, confirms awaited together), ack
 none (one ``basic.ack`` frame per batch where the tags allow, with ``multiple``), dequeue none
 while deliveries stream in, release and fail 1 (publish-confirm, then the ack frame).
@@ -236,6 +241,7 @@ class RabbitMQDriver(BaseDriver):
         self._adm: aiormq.abc.AbstractChannel | None = None
         """Declares: a refused one closes this channel only, not the consumers' or publisher's."""
         self._open_lock = asyncio.Lock()
+        self._ladder_lock = asyncio.Lock()
         self._epoch = 0
         self._type = "quorum"
         self._declared: set[str] = set()
@@ -511,6 +517,11 @@ class RabbitMQDriver(BaseDriver):
     async def _declare_levels(self, queue: str, top: int) -> None:
         """Declare the delay ladder of ``queue`` up to level ``top`` (always from level 0 up:
         ``stats`` and ``purge`` stop at the first level missing)."""
+        async with self._ladder_lock:  # concurrent publishes of one batch declare it once
+            if top > self._levels.get(queue, -1):
+                await self._declare_levels_locked(queue, top)
+
+    async def _declare_levels_locked(self, queue: str, top: int) -> None:
         ch = await self._admin()
         for i in range(self._levels.get(queue, -1) + 1, top + 1):
             name = self._level(queue, i)
@@ -583,8 +594,14 @@ class RabbitMQDriver(BaseDriver):
 
         async def op() -> None:
             await self._ensure()
-            for queue in dict.fromkeys(i.queue for i in items):
+            tops: dict[str, int] = {}
+            for i in items:
+                top = delay_bits(i.delay).bit_length() - 1 if i.delay > 0 else -1
+                tops[i.queue] = max(tops.get(i.queue, -1), top)
+            for queue, top in tops.items():
                 await self._declare_queue(queue)
+                if top > self._levels.get(queue, -1):
+                    await self._declare_levels(queue, top)
             await asyncio.gather(
                 *(
                     self._publish(i.queue, i.body, msg_id, {}, i.delay)
