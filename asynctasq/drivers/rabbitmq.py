@@ -382,7 +382,8 @@ class RabbitMQDriver(BaseDriver):
     def _inequivalent(self, name: str, exc: BaseException) -> SchemaError:
         return SchemaError(
             f"RabbitMQ refused to declare {name!r} ({one_line(exc)}): it exists with other "
-            f"arguments (another queue type?); set --rabbitmq-queue-type to match it, or delete it"
+            "arguments (another queue type, or made by an older version without x-delivery-limit); "
+            "set --rabbitmq-queue-type to match it, use a new --rabbitmq-prefix, or delete it"
         )
 
     def _on_closed(self, epoch: int, fut: asyncio.Future[Any]) -> None:
@@ -582,6 +583,11 @@ class RabbitMQDriver(BaseDriver):
                 self._levels.pop(queue, None)
                 await self._declare_queue(queue)
                 continue
+            except amqp_errors.DeliveryError:
+                raise BrokerError(
+                    f"RabbitMQ refused a message for {key!r} (publish nacked: a queue limit, a full "
+                    "disk, or a quorum queue that cannot accept writes); it was not stored"
+                ) from None
             if not isinstance(confirm, spec.Basic.Ack):
                 raise BrokerError(
                     f"RabbitMQ refused a message for {key!r} (publish nacked: a queue limit or a "

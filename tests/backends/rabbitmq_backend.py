@@ -171,3 +171,14 @@ async def restartable_broker(namespace: str) -> AsyncIterator[Any]:
         await asyncio.gather(*starting, return_exceptions=True)
         remember(namespace, "default")
         await cleanup(namespace)
+        await asyncio.to_thread(_heal_dead_letter_supervisor)
+
+
+def _heal_dead_letter_supervisor() -> None:
+    """RabbitMQ 3.10: quorum queues deleted while their at-least-once dead-letter workers start
+    (as right after ``start_app``) crash those workers, and two crashes in a few seconds stop
+    ``rabbit_fifo_dlx_sup`` for good: every publish to such a queue is then nacked until the
+    node restarts. Start it again if that happened, so the shared broker is left as found."""
+    where = _rabbitmqctl("eval", "whereis(rabbit_fifo_dlx_sup).", check=False)
+    if where.returncode == 0 and "undefined" in where.stdout:
+        _rabbitmqctl("eval", "supervisor:restart_child(rabbit_sup, rabbit_fifo_dlx_sup).")
