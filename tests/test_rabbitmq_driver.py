@@ -37,7 +37,14 @@ from asynctasq.drivers.rabbitmq import (
 )
 from asynctasq.errors import BrokerError, BrokerUnavailable, MessageTooLarge, SchemaError
 from tests.backends import services_required
-from tests.backends.rabbitmq_backend import RABBITMQ_URL, check_rabbitmq, cleanup, driver_config, remember
+from tests.backends.rabbitmq_backend import (
+    RABBITMQ_URL,
+    _heal_dead_letter_supervisor,
+    check_rabbitmq,
+    cleanup,
+    driver_config,
+    remember,
+)
 from tests.conftest import wait_for
 from tests.drivers.test_conformance import take
 from tests.test_crash_recovery import logs, read_marks, start_worker
@@ -434,6 +441,7 @@ async def test_broker_restart_mid_run_loses_nothing(namespace: str, tmp_path: Pa
         asynctasq.configure(driver="memory")
         await producer.disconnect()
         await cleanup(namespace)
+        await asyncio.to_thread(_heal_dead_letter_supervisor)
     counts = Counter(read_marks(marks))
     assert done_before_restart < n, "the broker went away mid-run"
     assert set(counts) == {f"r{i}" for i in range(n)}, logs(marks)

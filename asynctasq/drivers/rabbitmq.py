@@ -688,9 +688,10 @@ class RabbitMQDriver(BaseDriver):
                     await self._probe(consumer)
                 continue
             await self._declare_queue(q)
-            # exactly what is asked (the old consumer's leases count on its own tag): what the
-            # worker does not take in time goes back after prefetch_hold_s
-            prefetch = want
+            # rounded up to a power of two: the slack keeps deliveries streaming while acks are
+            # on their way (exact prefetch cost a third of the drain rate); what the worker does
+            # not take within prefetch_hold_s goes back
+            prefetch = self.prefetch or 1 << (want - 1).bit_length()
             await sub.qos(prefetch)
             ok = await (await self._admin()).queue_declare(self._q(q), passive=True)
             tag = f"asynctasq.{uuid.uuid4().hex[:12]}"
