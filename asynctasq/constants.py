@@ -108,11 +108,6 @@ RABBITMQ_GIVE_BACK_TIMEOUT_S = 5.0
 DEFAULT_RABBITMQ_PREFETCH_HOLD_S = 1.0
 """How long prefetched deliveries may wait in a driver that does not ask for them before they
 go back to the queue (uncounted) and that consumer stops: other workers get them instead."""
-RABBITMQ_DELIVERY_LIMIT = 20
-"""``x-delivery-limit`` of the quorum work queues: deliveries lost with their worker (a crash, a
-dead connection) before the broker dead-letters a message into the failed registry. 4.0's
-default, set explicitly so that 3.x and 4.x agree; retries and give-backs are re-published and
-never count."""
 RABBITMQ_FAILED_DELIVERY_LIMIT = 1_000_000_000
 """``x-delivery-limit`` of the failed queue: reading it (``failed list``, ``stats``) returns its
 entries, which RabbitMQ 4.0-4.2 counts; 4.0's default of 20 would drop them."""

@@ -71,7 +71,6 @@ from asynctasq.constants import (
     DEFAULT_RABBITMQ_QUEUE_TYPE,
     DEFAULT_RABBITMQ_URL,
     DEFAULT_RECONNECT_TIMEOUT_S,
-    RABBITMQ_DELIVERY_LIMIT,
     RABBITMQ_FAILED_DELIVERY_LIMIT,
     RABBITMQ_GIVE_BACK_TIMEOUT_S,
     RABBITMQ_SETTLE_S,
@@ -371,19 +370,24 @@ class RabbitMQDriver(BaseDriver):
 
     async def _declare_base(self) -> None:
         ch = await self._admin()
+        await ch.exchange_declare(self._deliver_x, exchange_type="topic", durable=True)
         try:
-            await ch.exchange_declare(self._deliver_x, exchange_type="topic", durable=True)
             await ch.queue_declare(
                 self._failed_q, durable=True, arguments=self._queue_args(RABBITMQ_FAILED_DELIVERY_LIMIT)
             )
         except amqp_errors.ChannelPreconditionFailed as exc:
-            raise self._inequivalent(self._failed_q, exc) from None
+            # a failed queue made by the driver's first version, without the limit: keep it
+            ch = await self._admin()
+            try:
+                await ch.queue_declare(self._failed_q, durable=True, arguments=self._queue_args())
+            except amqp_errors.ChannelPreconditionFailed:
+                raise self._inequivalent(self._failed_q, exc) from None
 
     def _inequivalent(self, name: str, exc: BaseException) -> SchemaError:
         return SchemaError(
             f"RabbitMQ refused to declare {name!r} ({one_line(exc)}): it exists with other "
-            "arguments (another queue type, or made by an older version without x-delivery-limit); "
-            "set --rabbitmq-queue-type to match it, use a new --rabbitmq-prefix, or delete it"
+            "arguments (another queue type?); set --rabbitmq-queue-type to match it, use a new "
+            "--rabbitmq-prefix, or delete it"
         )
 
     def _on_closed(self, epoch: int, fut: asyncio.Future[Any]) -> None:
@@ -503,9 +507,11 @@ class RabbitMQDriver(BaseDriver):
         if queue in self._declared:
             return
         ch = await self._admin()
+        # no x-delivery-limit: the worker's own attempt count (x-delivery-count plus ours) sends a
+        # poison message to the failed registry first; RabbitMQ 4.x's default limit of 20 only
+        # backs it up, dead-lettering into the same failed queue
         args = self._queue_args(
-            RABBITMQ_DELIVERY_LIMIT,
-            **{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self._failed_q},
+            None, **{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self._failed_q}
         )
         try:
             await ch.queue_declare(self._q(queue), durable=True, arguments=args)
