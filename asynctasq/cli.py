@@ -6,7 +6,6 @@ import functools
 import importlib
 import inspect
 import json
-import logging
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ app = typer.Typer(
     name="asynctasq",
     help="asynctasq: run workers, dispatch tasks and inspect queues.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -43,6 +42,8 @@ def _option(setting: SettingInfo) -> inspect.Parameter:
         decl = [f"--{setting.flag}/--no-{setting.flag}"]
     else:
         decl = [f"--{setting.flag}"]
+    if setting.name == "config_file":
+        decl.append("-c")  # RQ's spelling: worker -c settings
     option = typer.Option(*decl, help=help_text, show_default=False, rich_help_panel=_PANELS[setting.group])
     return inspect.Parameter(
         setting.name,
@@ -88,12 +89,31 @@ def _config(flags: dict[str, Any]) -> Config:
         raise _fail(str(exc), 2) from None
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+def _setup_logging(config: Config) -> None:
+    from asynctasq.utils.logs import setup_logging
+
+    try:
+        setup_logging(config)
+    except (ValueError, TypeError, AttributeError, ImportError) as exc:  # a bad DICT_CONFIG
+        raise _fail(f"cannot configure logging from {config.config_file}: {exc}", 2) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"asynctasq {version('asynctasq')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True),
+    ] = False,
+) -> None:
+    """asynctasq: run workers, dispatch tasks and inspect queues."""
 
 
 def _import_tasks(config: Config) -> None:
@@ -170,7 +190,7 @@ def worker(
     if queue_names:
         flags["queues"] = [q for name in queue_names for q in name.split(",") if q]
     config = _config(flags)
-    _setup_logging(config.log_level)
+    _setup_logging(config)
     task_context = None
     if app_spec:
         from asynctasq.integrations import load_app_worker
@@ -183,12 +203,26 @@ def worker(
             raise _fail(str(exc), 2) from None
     _import_tasks(config)
 
-    async def main(driver: Any) -> None:
-        from asynctasq.core.worker import Worker
+    worker_class = _worker_class(config)
 
-        await Worker.from_config(driver, config, task_context=task_context).start()
+    async def main(driver: Any) -> None:
+        await worker_class.from_config(driver, config, task_context=task_context).start()
 
     _run(_with_driver(config, main))
+
+
+def _worker_class(config: Config) -> Any:
+    from asynctasq.core.worker import Worker, import_object
+
+    if config.worker_class is None:
+        return Worker
+    try:
+        found = import_object(config.worker_class, "worker_class")
+    except AsyncTasQError as exc:
+        raise _fail(str(exc), 2) from None
+    if not (isinstance(found, type) and issubclass(found, Worker)):
+        raise _fail(f"--worker-class {config.worker_class}: not a subclass of asynctasq.Worker", 2)
+    return found
 
 
 def _supervise(command: str, own_options: tuple[str, ...], processes: int, flags: dict[str, Any]) -> None:
@@ -196,7 +230,7 @@ def _supervise(command: str, own_options: tuple[str, ...], processes: int, flags
     from asynctasq.core.supervisor import Supervisor
 
     config = _config(flags)  # fail fast on bad settings, before any child starts
-    _setup_logging(config.log_level)
+    _setup_logging(config)
     argv = sys.argv[sys.argv.index(command) + 1 :]
     child_args, skip = [], False
     for arg in argv:
@@ -206,7 +240,7 @@ def _supervise(command: str, own_options: tuple[str, ...], processes: int, flags
             skip = True
         elif not any(arg.startswith(opt + "=") for opt in own_options):
             child_args.append(arg)
-    raise typer.Exit(Supervisor(child_args, processes).run())
+    raise typer.Exit(Supervisor(child_args, processes, metrics_port=config.metrics_port).run())
 
 
 @app.command(name="worker-pool", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -220,8 +254,16 @@ def worker_pool(
     """
     from asynctasq.core.supervisor import Supervisor
 
-    _setup_logging("INFO")
-    raise typer.Exit(Supervisor(list(ctx.args), num_workers).run())
+    config = _config({})
+    _setup_logging(config)
+    args = list(ctx.args)
+    port = config.metrics_port
+    for i, arg in enumerate(args):
+        if arg == "--metrics-port" and i + 1 < len(args):
+            port = int(args[i + 1])
+        elif arg.startswith("--metrics-port="):
+            port = int(arg.partition("=")[2])
+    raise typer.Exit(Supervisor(args, num_workers, metrics_port=port).run())
 
 
 # -- producing ---------------------------------------------------------------------------
@@ -295,36 +337,144 @@ app.command(name="enqueue", help="Same as dispatch.")(dispatch)
 
 @app.command()
 @with_settings("general", "worker")
-def info(*, flags: dict[str, Any]) -> None:
-    """Show queue sizes of --queues and the registered workers."""
+def info(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document, for scripts.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes.")] = 2.0,
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Show every queue on the broker (or --queues) with its counts, and the workers."""
+    from asynctasq import ops
+
+    config = _config(flags)
+    only = config.queues if "queues" in flags else None
+
+    async def snapshot(driver: Any) -> Any:
+        return await ops.snapshot(driver, only)
+
+    if as_json:
+        typer.echo(json.dumps(_run(_with_driver(config, snapshot)).as_dict(), indent=2))
+        return
+    if not watch:
+        ops.render(_run(_with_driver(config, snapshot)))
+        return
+
+    async def watching(driver: Any) -> None:
+        await ops.watch(driver, only, interval)
+
+    try:
+        _run(_with_driver(config, watching))
+    except KeyboardInterrupt:
+        pass
+
+
+def _broadcast(flags: dict[str, Any], command: str, worker_name: str | None) -> None:
     config = _config(flags)
 
-    async def main(driver: Any) -> None:
-        try:
-            stats = await driver.stats(config.queues)
-        except UnsupportedOperation as exc:
-            typer.echo(str(exc))
-        else:
-            typer.echo(f"{'queue':<24}{'ready':>9}{'delayed':>9}{'leased':>9}{'failed':>9}")
-            for name, s in stats.items():
-                typer.echo(f"{name:<24}{s['ready']:>9}{s['delayed']:>9}{s['leased']:>9}{s['failed']:>9}")
-        try:
-            workers = await driver.list_workers()
-        except UnsupportedOperation as exc:
-            typer.echo(str(exc))
-            return
-        typer.echo(f"\n{len(workers)} worker(s)")
-        for w in workers:
-            age = time.time() - float(w.get("last_heartbeat", time.time()))
-            typer.echo(
-                f"{w.get('name')}  {w.get('state', '?')}  "
-                f"host={w.get('hostname', '?')} pid={w.get('pid', '?')} "
-                f"queues={','.join(w.get('queues', []))} ok={w.get('successful', 0)} "
-                f"failed={w.get('failed', 0)} working={w.get('working_time_s', 0)}s "
-                f"current={','.join(w.get('current_tasks', [])) or '-'} seen={age:.0f}s ago"
-            )
+    async def main(driver: Any) -> list[str]:
+        from asynctasq.ops import broadcast
 
-    _run(_with_driver(config, main))
+        return await broadcast(driver, {"command": command}, worker_name)
+
+    names = _run(_with_driver(config, main))
+    if worker_name is not None and not names:
+        raise _fail(f"no registered worker is named {worker_name!r} (see `asynctasq info`)")
+    typer.echo(f"{command} sent to {len(names)} worker(s){': ' + ', '.join(names) if names else ''}")
+
+
+_WORKER = typer.Option("--worker", help="Only this worker (default: every registered one).")
+
+
+@app.command()
+@with_settings("general", "worker")
+def suspend(
+    worker_name: Annotated[Optional[str], _WORKER] = None,  # noqa: UP045
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Workers stop taking tasks but stay up (running tasks finish); `resume` goes on."""
+    _broadcast(flags, "suspend", worker_name)
+
+
+@app.command()
+@with_settings("general", "worker")
+def resume(
+    worker_name: Annotated[Optional[str], _WORKER] = None,  # noqa: UP045
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Suspended workers take tasks again."""
+    _broadcast(flags, "resume", worker_name)
+
+
+@app.command()
+@with_settings("general", "worker")
+def health(
+    worker_name: Annotated[str, typer.Option("--worker", help="The worker's name (--name).")],
+    max_age: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            "--max-age", help="Stale after this many seconds without a heartbeat (default: 3 heartbeats)."
+        ),
+    ] = None,
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Exit 0 when the worker is registered and beating, 1 when stale or missing (for liveness probes)."""
+    from asynctasq.core.worker import Worker
+
+    config = _config(flags)
+    limit = max_age if max_age is not None else 3 * config.heartbeat_interval
+
+    async def main(driver: Any) -> Any:
+        return next((w for w in await Worker.all(driver) if w.name == worker_name), None)
+
+    found = _run(_with_driver(config, main))
+    if found is None:
+        raise _fail(f"worker {worker_name!r} is not registered (stopped, or never started)")
+    age = time.time() - found.last_heartbeat.timestamp() if found.last_heartbeat else float("inf")
+    if age > limit:
+        raise _fail(f"worker {worker_name!r} is stale: last heartbeat {age:.0f}s ago (limit {limit:.0f}s)")
+    typer.echo(f"ok: {worker_name} {found.state}, heartbeat {age:.0f}s ago")
+
+
+@app.command(name="systemd-unit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def systemd_unit(
+    ctx: typer.Context,
+    template: Annotated[
+        bool, typer.Option("--template", help="An asynctasq-worker@.service instance template.")
+    ] = False,
+) -> None:
+    """Print a Type=notify systemd unit that runs `worker` with the other arguments given."""
+    from asynctasq.ops import systemd_unit as render_unit
+
+    typer.echo(render_unit(list(ctx.args), template=template), nl=False)
+
+
+@app.command()
+@with_settings("general", "worker")
+def cancel(
+    task_id: Annotated[str, typer.Argument(help="The task id dispatch printed.")],
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Remove a task that is still waiting (ready or delayed); a running one goes on (see stop-task)."""
+    config = _config(flags)
+    only = config.queues if "queues" in flags else None
+
+    async def main(driver: Any) -> str | None:
+        from asynctasq.ops import cancel_task
+
+        return await cancel_task(driver, task_id, only)
+
+    queue = _run(_with_driver(config, main))
+    if queue is None:
+        raise _fail(
+            f"task {task_id} is not waiting on any queue: it ran, is running (asynctasq stop-task), "
+            "or the id is wrong"
+        )
+    typer.echo(f"cancelled {task_id} (it was waiting on {queue})")
 
 
 @app.command()
@@ -371,7 +521,7 @@ def stop_task(
 def migrate(*, flags: dict[str, Any]) -> None:
     """Create or upgrade the broker's schema (SQL drivers)."""
     config = _config(flags)
-    _setup_logging("INFO")
+    _setup_logging(_config({}))
 
     from asynctasq.core.driver_factory import DriverFactory
 
@@ -397,10 +547,19 @@ def migrate(*, flags: dict[str, Any]) -> None:
 # -- failed registry -----------------------------------------------------------------------
 
 
+_TASK_FILTER = typer.Option("--task", help="Only this task name.")
+_OLDER = typer.Option("--older-than", help="Only entries that failed more than this many seconds ago.")
+_NEWER = typer.Option("--newer-than", help="Only entries that failed less than this many seconds ago.")
+_ONLY_QUEUE = typer.Option("--queue", "-q", help="Only this queue.")
+
+
 @failed_app.command("list")
 @with_settings("general")
 def failed_list(
-    queue: Annotated[Optional[str], typer.Option("--queue", "-q", help="Only this queue.")] = None,  # noqa: UP045
+    queue: Annotated[Optional[str], _ONLY_QUEUE] = None,  # noqa: UP045
+    task: Annotated[Optional[str], _TASK_FILTER] = None,  # noqa: UP045
+    older_than: Annotated[Optional[float], _OLDER] = None,  # noqa: UP045
+    newer_than: Annotated[Optional[float], _NEWER] = None,  # noqa: UP045
     limit: Annotated[int, typer.Option(help="Most entries shown.")] = 50,
     *,
     flags: dict[str, Any],
@@ -409,39 +568,87 @@ def failed_list(
     config = _config(flags)
 
     async def main(driver: Any) -> None:
-        from asynctasq.message import Envelope
+        from asynctasq.ops import failed_tasks
 
-        entries = await driver.failed_list(queue, limit)
-        for e in entries:
-            try:
-                env = Envelope.decode(e["body"], accept_pickle=False)
-                what = f"{env.task} [{env.id}]"
-            except AsyncTasQError:
-                what = "<undecodable>"
+        found = await failed_tasks(
+            driver, queue=queue, task=task, older_than=older_than, newer_than=newer_than, limit=limit
+        )
+        for f in found:
+            e = f.entry
+            what = f"{f.task} [{f.task_id}]" if f.envelope is not None else "<undecodable>"
             error = (e["error"].strip().splitlines() or ["?"])[-1]
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["failed_at"]))
             typer.echo(f"{e['id']}  {stamp}  {e['queue']}  {what}  {error}")
-        typer.echo(f"{len(entries)} failed task(s)")
+        typer.echo(f"{len(found)} failed task(s)")
 
     _run(_with_driver(config, main))
 
 
-_IDS = typer.Argument(help="Ids from `failed list`.")
-_ONLY_QUEUE = typer.Option("--queue", "-q", help="Only this queue.")
+@failed_app.command("show")
+@with_settings("general")
+def failed_show(
+    task_id: Annotated[str, typer.Argument(help="A task id (what dispatch printed) or an entry id.")],
+    *,
+    flags: dict[str, Any],
+) -> None:
+    """Show one failed task: its call, attempts and the whole error."""
+    config = _config(flags)
+
+    async def main(driver: Any) -> Any:
+        from asynctasq.ops import failed_tasks
+
+        found = await failed_tasks(driver, ids=[task_id])
+        return found[0] if found else None
+
+    f = _run(_with_driver(config, main))
+    if f is None:
+        raise _fail(f"no failed task {task_id!r} (see `asynctasq failed list`)")
+    e, env = f.entry, f.envelope
+    typer.echo(f"entry:     {e['id']}")
+    typer.echo(f"queue:     {e['queue']}")
+    typer.echo(f"failed at: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['failed_at']))}")
+    if env is not None:
+        typer.echo(f"task:      {env.task}")
+        typer.echo(f"id:        {env.id}")
+        typer.echo(f"args:      {json.dumps(env.args, default=repr)}")
+        typer.echo(f"kwargs:    {json.dumps(env.kwargs, default=repr)}")
+        typer.echo(f"attempt:   {env.attempt} of {env.max_attempts}")
+        enqueued = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(env.enqueued_at))
+        typer.echo(f"enqueued:  {enqueued}")
+    else:
+        typer.echo("message:   undecodable")
+    typer.echo("error:")
+    typer.echo(e["error"].rstrip())
+
+
+_IDS = typer.Argument(help="Entry ids from `failed list`, or task ids.")
 _ALL = typer.Option("--all", help="Every failed task.")
 
 
 def _failed_bulk(
-    action: str, ids: list[str] | None, queue: str | None, all_: bool, flags: dict[str, Any]
+    action: str,
+    ids: list[str] | None,
+    queue: str | None,
+    task: str | None,
+    older_than: float | None,
+    all_: bool,
+    flags: dict[str, Any],
 ) -> int:
-    """Run ``driver.failed_<action>`` on the selected entries; return how many it touched."""
-    if not ids and not queue and not all_:
-        raise _fail("name ids, --queue or --all", 2)
+    """``requeue`` or ``purge`` the selected entries; return how many it touched."""
+    if not (ids or queue or task or older_than is not None or all_):
+        raise _fail("name ids, --queue, --task, --older-than or --all", 2)
     config = _config(flags)
 
     async def main(driver: Any) -> int:
-        count: int = await getattr(driver, f"failed_{action}")(ids or None, queue)
-        return count
+        from asynctasq.ops import failed_tasks, requeue_failed
+        from asynctasq.serializers import get_serializer
+        from asynctasq.signing import Signer
+
+        found = await failed_tasks(driver, queue=queue, task=task, older_than=older_than, ids=ids or None)
+        if action == "purge":
+            return int(await driver.failed_purge([f.entry["id"] for f in found])) if found else 0
+        signer = Signer.from_settings(config.signing_key, config.signing_old_keys)
+        return await requeue_failed(driver, found, get_serializer(config.serializer), signer)
 
     return _run(_with_driver(config, main))
 
@@ -451,12 +658,14 @@ def _failed_bulk(
 def failed_requeue(
     ids: Annotated[Optional[list[str]], _IDS] = None,  # noqa: UP045
     queue: Annotated[Optional[str], _ONLY_QUEUE] = None,  # noqa: UP045
+    task: Annotated[Optional[str], _TASK_FILTER] = None,  # noqa: UP045
+    older_than: Annotated[Optional[float], _OLDER] = None,  # noqa: UP045
     all_: Annotated[bool, _ALL] = False,
     *,
     flags: dict[str, Any],
 ) -> None:
-    """Put failed tasks back on their queue."""
-    typer.echo(f"requeued {_failed_bulk('requeue', ids, queue, all_, flags)} task(s)")
+    """Put failed tasks back on their queue: the same task id, attempts from 1."""
+    typer.echo(f"requeued {_failed_bulk('requeue', ids, queue, task, older_than, all_, flags)} task(s)")
 
 
 @failed_app.command("purge")
@@ -464,12 +673,14 @@ def failed_requeue(
 def failed_purge(
     ids: Annotated[Optional[list[str]], _IDS] = None,  # noqa: UP045
     queue: Annotated[Optional[str], _ONLY_QUEUE] = None,  # noqa: UP045
+    task: Annotated[Optional[str], _TASK_FILTER] = None,  # noqa: UP045
+    older_than: Annotated[Optional[float], _OLDER] = None,  # noqa: UP045
     all_: Annotated[bool, _ALL] = False,
     *,
     flags: dict[str, Any],
 ) -> None:
     """Delete failed tasks for good."""
-    typer.echo(f"purged {_failed_bulk('purge', ids, queue, all_, flags)} task(s)")
+    typer.echo(f"purged {_failed_bulk('purge', ids, queue, task, older_than, all_, flags)} task(s)")
 
 
 try:  # typer >= 0.22 carries its own click

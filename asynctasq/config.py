@@ -1,8 +1,10 @@
 """Settings, and the one place that reads the environment.
 
-Every setting ``x_y`` is the keyword argument ``Config(x_y=...)``, the CLI flag ``--x-y`` and
-the variable ``ASYNCTASQ_X_Y`` (a few flags have shorter names: ``--import``, ``--name``; their
-variables follow the flag). Precedence: flag > argument > environment > default::
+Every setting ``x_y`` is the keyword argument ``Config(x_y=...)``, the CLI flag ``--x-y``, the
+variable ``ASYNCTASQ_X_Y`` (a few flags have shorter names: ``--import``, ``--name``; their
+variables follow the flag) and the key ``X_Y`` of a config file (``-c settings``, see
+:mod:`asynctasq.config_file`). Precedence: flag > argument > config file > environment >
+default::
 
     config = Config(driver="redis", redis_url="redis://localhost:6379")
     asynctasq.configure(driver="postgres", postgres_dsn="postgresql://app@db/app")
@@ -28,6 +30,9 @@ ENV_PREFIX = "ASYNCTASQ_"
 DRIVERS = DRIVER_NAMES
 SERIALIZERS = ("msgpack", "json", "pickle")
 DEQUEUE_STRATEGIES = ("round_robin", "priority", "random")
+_ALIASES = {"dequeue_strategy": {"default": "priority"}}
+"""Other spellings of a choice: RQ calls queue-order priority ``default``."""
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _setting(
@@ -50,11 +55,18 @@ class Config:
     """The settings of producers and workers; see the module docstring for sources."""
 
     # -- general
+    config_file: str | None = _setting(
+        None,
+        "Config file: a Python settings module (as RQ's: `-c settings`), a .py path, a .toml "
+        "file or pyproject.toml's [tool.asynctasq]. Flags beat it; it beats the environment.",
+        flag="config",
+    )
     driver: str = _setting(c.DEFAULT_DRIVER, "Broker driver.", choices=DRIVERS)
     serializer: str = _setting(
         c.DEFAULT_SERIALIZER,
         "Format this process writes: dispatched tasks, retried messages and results. Workers "
-        "read msgpack and JSON whatever this is, and pickle only when this is 'pickle'.",
+        "read msgpack and JSON whatever this is, and pickle only when this is 'pickle'. Or the "
+        "import path of your own (module.Class with dumps and loads), used by both sides.",
         choices=SERIALIZERS,
     )
     default_queue: str = _setting(c.DEFAULT_QUEUE, "Queue of tasks that name none.")
@@ -86,6 +98,11 @@ class Config:
     )
     signing_old_keys: list[str] = _setting(
         (), "Earlier signing keys workers still accept, comma-separated (key rotation).", secret=True
+    )
+    otel: bool = _setting(
+        False,
+        "OpenTelemetry spans for dispatches and task runs, linked through the message (needs "
+        "the otel extra and a tracer provider of the application's).",
     )
     # -- worker
     queues: list[str] = _setting(
@@ -136,11 +153,54 @@ class Config:
         "Async function hook(worker) awaited after the last task, as module:function (repeatable).",
         group="worker",
     )
+    exception_handlers: list[str] = _setting(
+        (),
+        "Called in order when a task raises, handler(task, exc, attempt), as module.function "
+        "(repeatable); one returning False stops the chain.",
+        flag="exception-handler",
+        group="worker",
+    )
+    disable_default_exception_handler: bool = _setting(
+        False, "No log line of the worker's own for a task's exception.", group="worker"
+    )
+    maintenance_interval: float = _setting(
+        c.DEFAULT_MAINTENANCE_INTERVAL_S,
+        "Seconds between the driver's clean-ups (expired results, old failed entries); 0: none. "
+        "Leases need none: an expired one is claimable again.",
+        group="worker",
+    )
+    worker_class: str | None = _setting(
+        None, "Worker subclass to run, as module.Class (RQ's --worker-class).", group="worker"
+    )
     log_level: str = _setting(
         c.DEFAULT_LOG_LEVEL,
         "Logging level.",
         group="worker",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        choices=LOG_LEVELS,
+    )
+    log_format: str = _setting(
+        c.DEFAULT_LOG_FORMAT, "Format of log lines (logging's %-style fields).", group="worker"
+    )
+    date_format: str = _setting(c.DEFAULT_DATE_FORMAT, "Format of log times (strftime).", group="worker")
+    json_logs: bool = _setting(
+        False, "Log one JSON object a line (time, level, logger, message, task fields).", group="worker"
+    )
+    disable_task_description_logging: bool = _setting(
+        False,
+        "No INFO line per task (name, id, queue, outcome, duration): RQ's --disable-job-desc-logging.",
+        group="worker",
+    )
+    metrics_port: int | None = _setting(
+        None,
+        "Serve Prometheus metrics on this port (needs the metrics extra); a worker pool serves "
+        "one endpoint for all its processes.",
+        group="worker",
+    )
+    sentry_dsn: str | None = _setting(
+        None,
+        "Sentry DSN: report each task's final failure to Sentry (needs the sentry extra).",
+        group="worker",
+        secret=True,
     )
     # -- sqlite
     sqlite_path: str = _setting(c.DEFAULT_SQLITE_PATH, "SQLite database file.", group="sqlite")
@@ -186,7 +246,9 @@ class Config:
         False, "Create missing queues (and their -failed queues) on first use.", group="sqs"
     )
     sqs_message_group_id: str = _setting(
-        c.DEFAULT_SQS_MESSAGE_GROUP_ID, "Message group of tasks sent to FIFO (.fifo) queues.", group="sqs"
+        c.DEFAULT_SQS_MESSAGE_GROUP_ID,
+        "Message group of tasks sent to FIFO (.fifo) queues that name none (broker_options).",
+        group="sqs",
     )
     sqs_wait_time_seconds: int = _setting(
         c.DEFAULT_SQS_WAIT_TIME_S, "Long poll of an idle worker, 1-20 seconds.", group="sqs"
@@ -222,15 +284,36 @@ class Config:
             if key not in known:
                 raise ConfigError(_unknown(key, known))
         environ = os.environ if _environ is None else _environ
+        spec = settings.get("config_file") or environ.get(env_name("config_file")) or None
+        from_file: dict[str, Any] = {}
+        self.dict_config: dict[str, Any] | None = None
+        """The config file's DICT_CONFIG (logging.config.dictConfig), if it has one."""
+        if spec:
+            from asynctasq.config_file import load_config_file
+
+            loaded = load_config_file(str(spec))
+            from_file, self.dict_config = loaded.settings, loaded.dict_config
+            if "driver" not in from_file and "driver" not in settings and env_name("driver") not in environ:
+                groups = {known[k].metadata["group"] for k in from_file} & set(DRIVERS)
+                if len(groups) == 1:  # RQ's settings file: REDIS_URL alone means Redis
+                    from_file["driver"] = groups.pop()
         for name, f in known.items():
             if name in settings:
                 value = _coerce(name, settings[name], f.type, from_env=False)
+            elif name in from_file:
+                value = _coerce(name, from_file[name], f.type, from_env=False, source=str(spec))
             else:
                 raw = environ.get(env_name(name))
                 value = _default(f) if raw is None else _coerce(name, raw, f.type, from_env=True)
             choices = f.metadata.get("choices")
+            if name == "serializer" and isinstance(value, str) and ("." in value or ":" in value):
+                choices = None  # an import path: checked when the serializer is loaded
             if choices and value not in choices:
-                raise ConfigError(f"{name}={value!r} is not one of: {', '.join(choices)}")
+                value = _ALIASES.get(name, {}).get(value, value)
+                if name == "log_level" and isinstance(value, str):
+                    value = value.upper()  # --log-level warning
+                if value not in choices:
+                    raise ConfigError(f"{name}={value!r} is not one of: {', '.join(choices)}")
             object.__setattr__(self, name, value)
         for name in ("concurrency", "default_max_attempts", "redis_max_connections"):
             if getattr(self, name) < 1:
@@ -248,7 +331,8 @@ class Config:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.metadata.get("secret") and value:
-                value = redact_url(value) if "://" in str(value) else "***"
+                # a DSN's user part is Sentry's key: hidden whole
+                value = redact_url(value) if "://" in str(value) and f.name != "sentry_dsn" else "***"
             parts.append(f"{f.name}={value!r}")
         return f"Config({', '.join(parts)})"
 
@@ -317,16 +401,21 @@ def _default(f: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _unknown(key: str, known: Mapping[str, Any]) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
+def closest_setting(key: str, known: list[str]) -> str:
+    """``unknown setting 'x'``, with the closest valid name when there is one."""
+    close = difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else "; see `python -m asynctasq worker --help`"
     return f"unknown setting {key!r}{hint}"
+
+
+def _unknown(key: str, known: Mapping[str, Any]) -> str:
+    return closest_setting(key, list(known))
 
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}
 
 
-def _coerce(name: str, value: Any, annotation: Any, *, from_env: bool) -> Any:
+def _coerce(name: str, value: Any, annotation: Any, *, from_env: bool, source: str | None = None) -> Any:
     text = str(annotation).replace(" ", "")
     optional = text.endswith("|None")
     base = text.removesuffix("|None")
@@ -334,7 +423,10 @@ def _coerce(name: str, value: Any, annotation: Any, *, from_env: bool) -> Any:
         if optional:
             return None
         raise ConfigError(f"{name} cannot be empty")
-    source = f"environment variable {env_name(name)}" if from_env else f"setting {name}"
+    if source is not None:
+        source = f"{source}: {name.upper()}"
+    else:
+        source = f"environment variable {env_name(name)}" if from_env else f"setting {name}"
     try:
         if base == "bool":
             if isinstance(value, bool):

@@ -32,6 +32,9 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 DEFAULT_HEARTBEAT_INTERVAL_S = 10.0
 DEFAULT_DEQUEUE_STRATEGY = "round_robin"
 DEFAULT_LOG_LEVEL = "INFO"
+DEFAULT_MAINTENANCE_INTERVAL_S = 600.0  # RQ's default
+DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+DEFAULT_DATE_FORMAT = "%H:%M:%S"
 
 # -- reconnects -------------------------------------------------------------------------------
 DEFAULT_RECONNECT_TIMEOUT_S = 60.0

@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 
 from asynctasq.errors import SerializationError
 from asynctasq.serializers import BaseSerializer, loads_any
-from asynctasq.signing import Signer, strip_signature
+from asynctasq.signing import MAGIC, Signer, strip_signature
 
 ENVELOPE_VERSION = 1
+_SIGNED_FIRST = MAGIC[:1]
 T = TypeVar("T", int, float)
 
 
@@ -38,6 +39,8 @@ class Envelope:
     timeout: float | None = None
     retry_after: float = 1.0
     enqueued_at: float = field(default_factory=time.time)
+    trace: dict[str, str] | None = None
+    """The producer's trace context (W3C ``traceparent`` ...), when tracing is on."""
 
     def encode(self, serializer: BaseSerializer, signer: Signer | None = None) -> bytes:
         """The message bytes, signed by ``signer`` when given (asynctasq.signing)."""
@@ -55,6 +58,7 @@ class Envelope:
                     "timeout": self.timeout,
                     "retry_after": self.retry_after,
                     "enqueued_at": self.enqueued_at,
+                    **({"trace": self.trace} if self.trace else {}),
                 }
             )
         except SerializationError as exc:
@@ -67,10 +71,23 @@ class Envelope:
         return body if signer is None else signer.sign(body)
 
     @classmethod
-    def decode(cls, data: bytes, *, accept_pickle: bool = False) -> Envelope:
-        """Decode a message; a signed one is decoded unverified (a worker verifies first)."""
-        data = strip_signature(data)
-        raw = loads_any(data, accept_pickle=accept_pickle)
+    def decode(
+        cls, data: bytes, *, accept_pickle: bool = False, serializer: BaseSerializer | None = None
+    ) -> Envelope:
+        """Decode a message; a signed one is decoded unverified (a worker verifies first).
+        ``serializer``: a custom one that writes these messages (the built-in formats are
+        recognised by their first byte)."""
+        if data[:1] == _SIGNED_FIRST:
+            data = strip_signature(data)
+        if serializer is None:
+            raw = loads_any(data, accept_pickle=accept_pickle)
+        else:
+            try:
+                raw = serializer.loads(data)
+            except Exception as exc:  # noqa: BLE001 - the user's serializer: any error is "cannot decode"
+                raise SerializationError(
+                    f"the {serializer.name} serializer cannot decode it: {exc}"
+                ) from None
         if not isinstance(raw, dict) or "task" not in raw or "v" not in raw:
             raise SerializationError(f"not an asynctasq message: {_preview(data)}")
         version = raw["v"]
@@ -101,6 +118,13 @@ class Envelope:
                 retry_after=_as(float, raw.get("retry_after", 1.0)),
                 enqueued_at=_as(float, raw.get("enqueued_at", 0.0)),
             )
+            trace = raw.get("trace")
+            if trace is not None:  # a carrier of strings, or nothing: never a reason to fail
+                env.trace = (
+                    {str(k): str(v) for k, v in trace.items() if isinstance(v, str)}
+                    if isinstance(trace, dict)
+                    else None
+                )
         except (KeyError, TypeError, ValueError) as exc:
             raise SerializationError(f"malformed asynctasq message ({exc!r}): {_preview(data)}") from None
         if type(env.task) is not str or type(env.id) is not str:

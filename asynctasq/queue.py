@@ -29,7 +29,7 @@ import inspect
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from datetime import datetime, timedelta
-from typing import Any, NoReturn, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from asynctasq.constants import DEFAULT_DISPATCH_TIMEOUT_S
 from asynctasq.drivers.base import BaseDriver, validate_queue_name
@@ -234,10 +234,15 @@ class Queue:
         jobs = Jobs(Job(self, e, call.definition.name) for e, call in zip(encoded, calls, strict=True))
         if not encoded:
             return jobs
-        sending = self._either(producer.send(encoded, self._driver), DEFAULT_DISPATCH_TIMEOUT_S)
+        sending = self._either(self._send(encoded, jobs), DEFAULT_DISPATCH_TIMEOUT_S)
         if sending is not None:  # in a loop: sent when awaited
             jobs._set_pending(sending)
         return jobs
+
+    async def _send(self, encoded: list[Encoded], jobs: Jobs) -> None:
+        ids = await self.producer.send(encoded, self._driver)
+        for job, message_id in zip(jobs, ids, strict=True):
+            job.message_id = message_id
 
     # -- inspecting ------------------------------------------------------------------------
 
@@ -277,7 +282,7 @@ class Job:
     a job that is never awaited is never sent (Python warns that a coroutine was never awaited).
     """
 
-    __slots__ = ("_pending", "_source", "id", "queue", "task")
+    __slots__ = ("_pending", "_source", "id", "message_id", "queue", "task")
 
     def __init__(self, source: Queue, encoded: Encoded, task: str) -> None:
         self._source = source
@@ -285,6 +290,8 @@ class Job:
         self.id = encoded.task_id
         self.queue = encoded.item.queue
         self.task = task
+        self.message_id: str | None = None
+        """The driver's id of the message, once sent (what ``cancel`` removes)."""
 
     @property
     def enqueued(self) -> bool:
@@ -307,12 +314,22 @@ class Job:
     async def _result(self, timeout: float) -> Any:
         return await result(self.id, timeout, await self._source._target())
 
-    def cancel(self) -> NoReturn:
-        """Not available yet: the driver contract has no way to remove one waiting message."""
-        raise UnsupportedOperation(
-            f"cannot cancel job {self.id}: cancelling a waiting task needs driver support: not "
-            "available yet (the driver contract has no cancel)"
-        )
+    def cancel(self) -> Any:
+        """Remove the task if it is still waiting, ready or delayed: True when it was removed,
+        False when a worker already took it, it finished, or it is gone (a bool, or an awaitable
+        of it in async code). Needs the driver's ``cancel`` capability."""
+        if not self.enqueued or self.message_id is None:
+            raise TaskDefinitionError(f"job {self.id} was not sent yet: await queue.enqueue(...) first")
+        return self._source._either(self._cancel(self.message_id), DEFAULT_DISPATCH_TIMEOUT_S)
+
+    async def _cancel(self, message_id: str) -> bool:
+        driver = await self._source._target()
+        if not driver.supports("cancel"):
+            raise UnsupportedOperation(
+                f"cannot cancel job {self.id}: the {driver.name} driver cannot remove a waiting "
+                "message (no cancel capability; see the capability table in docs/driver-contract.md)"
+            )
+        return await driver.cancel(self.queue, message_id)
 
     def __repr__(self) -> str:
         state = "" if self.enqueued else " (not sent: await it)"

@@ -117,13 +117,41 @@ _SERIALIZERS: dict[str, BaseSerializer] = {
     "json": JsonSerializer(),
     "pickle": PickleSerializer(),
 }
+BUILTIN_SERIALIZERS = tuple(_SERIALIZERS)
 
 
 def get_serializer(name: str) -> BaseSerializer:
-    try:
-        return _SERIALIZERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown serializer {name!r}: choose msgpack, json or pickle") from None
+    """A built-in serializer by name, or yours by import path (``myapp.codecs:Codec`` or
+    ``myapp.codecs.Codec``: an object, or a class made with no arguments, with ``dumps`` and
+    ``loads``). Workers and producers must use the same custom serializer: its messages are
+    read with it, not recognised by their first byte as the built-in formats are."""
+    found = _SERIALIZERS.get(name) or _custom.get(name)
+    if found is not None:
+        return found
+    if not is_custom(name):
+        raise ConfigError(
+            f"unknown serializer {name!r}: choose msgpack, json or pickle, or give the import path "
+            "of your own (module.Class with dumps and loads)"
+        )
+    from asynctasq.core.worker import import_object
+
+    obj = import_object(name, "serializer")
+    if isinstance(obj, type):
+        obj = obj()
+    if not (callable(getattr(obj, "dumps", None)) and callable(getattr(obj, "loads", None))):
+        raise ConfigError(f"serializer {name!r} needs dumps(obj) -> bytes and loads(bytes) methods")
+    if not isinstance(getattr(obj, "name", None), str):
+        obj.name = name
+    _custom[name] = obj
+    return obj  # type: ignore[no-any-return]
+
+
+def is_custom(name: str) -> bool:
+    """True for an import path rather than a built-in serializer's name."""
+    return name not in _SERIALIZERS and ("." in name or ":" in name)
+
+
+_custom: dict[str, BaseSerializer] = {}
 
 
 def loads_any(data: bytes, *, accept_pickle: bool = False) -> Any:

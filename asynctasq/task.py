@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Generic, NamedTuple, ParamSpec, TypedDict, Typ
 
 from asynctasq.config import Config, get_config
 from asynctasq.constants import DEFAULT_DISPATCH_TIMEOUT_S
-from asynctasq.drivers.base import BaseDriver, EnqueueItem, validate_queue_name
+from asynctasq.drivers.base import BROKER_OPTIONS, BaseDriver, BrokerOptions, EnqueueItem, validate_queue_name
 from asynctasq.errors import ResultTimeout, TaskDefinitionError, TaskFailed
 from asynctasq.message import Envelope
 from asynctasq.registry import TaskDefinition, is_async_callable, registry
@@ -72,6 +72,7 @@ class TaskCall:
     __slots__ = (
         "_delay",
         "_max_attempts",
+        "_options",
         "_queue",
         "_retry_after",
         "_timeout",
@@ -89,6 +90,7 @@ class TaskCall:
         self._max_attempts: int | None = None
         self._timeout: float | None = None
         self._retry_after: float | None = None
+        self._options: BrokerOptions = ()
 
     def on_queue(self, queue: str) -> TaskCall:
         self._queue = validate_queue_name(queue)
@@ -115,6 +117,21 @@ class TaskCall:
         self._retry_after = seconds
         return self
 
+    def broker_options(self, **options: str) -> TaskCall:
+        """Options for the broker, not the task: ``message_group_id`` and ``deduplication_id``
+        for SQS FIFO queues (docs/drivers/sqs.md). A driver that cannot honour one refuses the
+        dispatch with :class:`UnsupportedOperation`; none is ever dropped silently."""
+        unknown = sorted(set(options) - BROKER_OPTIONS)
+        if unknown:
+            raise TaskDefinitionError(
+                f"unknown broker option(s) {', '.join(unknown)}: use {', '.join(sorted(BROKER_OPTIONS))}"
+            )
+        for name, value in options.items():
+            if not isinstance(value, str) or not value:
+                raise TaskDefinitionError(f"broker option {name} must be a non-empty string")
+        self._options = tuple(sorted({**dict(self._options), **options}.items()))
+        return self
+
     def envelope(self, config: Config, queue: str | None = None) -> Envelope:
         """The message of this call, its defaults from ``config``; ``queue`` overrides the
         call's queue (``Queue("low").enqueue(...)``)."""
@@ -136,7 +153,8 @@ class TaskCall:
     def encode(self, config: Config) -> EnqueueItem:
         env = self.envelope(config)
         signer = Signer.from_settings(config.signing_key, config.signing_old_keys)
-        return EnqueueItem(env.queue, env.encode(get_serializer(config.serializer), signer), self._delay)
+        body = env.encode(get_serializer(config.serializer), signer)
+        return EnqueueItem(env.queue, body, self._delay, self._options)
 
     async def dispatch(self, driver: BaseDriver | None = None) -> str:
         """Enqueue the task; return its id. ``driver`` defaults to the configured one."""
@@ -327,7 +345,11 @@ async def result(task_id: str, timeout: float = 30.0, driver: BaseDriver | None 
     raw = await d.get_result(task_id, wait=timeout)
     if raw is None:
         raise ResultTimeout(f"no result for task {task_id} within {timeout}s")
-    record = loads_any(raw)
+    from asynctasq.config import get_config
+    from asynctasq.serializers import is_custom
+
+    name = get_config().serializer
+    record = get_serializer(name).loads(raw) if is_custom(name) else loads_any(raw)
     if record.get("status") == "ok":
         return record.get("value")
     raise TaskFailed(task_id, str(record.get("error", "failed")))
@@ -339,6 +361,14 @@ async def result(task_id: str, timeout: float = 30.0, driver: BaseDriver | None 
 _Drivers = dict[int, "BaseDriver | asyncio.Task[BaseDriver]"]
 """A loop's drivers by connection index: connected, or the task connecting it (a connected
 driver replaces its task, which would keep the loop alive)."""
+
+
+def _tracer_for(config: Config) -> Any:
+    if not config.otel:
+        return None
+    from asynctasq.tracing import tracer
+
+    return tracer()
 
 
 class Encoded(NamedTuple):
@@ -380,9 +410,15 @@ class Producer:
         self._make_driver = make_driver
         self._serializers = [get_serializer(c.serializer) for c in self.connections]
         self._signers = [Signer.from_settings(c.signing_key, c.signing_old_keys) for c in self.connections]
+        self._tracer = _tracer_for(self.config)
         self._drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Drivers] = (
             weakref.WeakKeyDictionary()
         )
+        # the last loop's connected drivers, for the hot path (a weak key lookup costs more);
+        # kept apart from _drivers so that a closed driver is never handed out (close() resets)
+        # (one tuple, read and replaced whole: the background loop of dispatch_sync runs in
+        # another thread)
+        self._ready_pair: tuple[asyncio.AbstractEventLoop | None, dict[int, BaseDriver]] = (None, {})
 
     def connection_index(self, queue: str) -> int:
         """The index in :attr:`connections` of ``queue``'s connection (may raise for a queue
@@ -395,35 +431,97 @@ class Producer:
         tc = call.call() if isinstance(call, Task) else call
         env = tc.envelope(self.config, queue)
         index = self.connection_index(env.queue)
+        if self._tracer is not None:
+            with self._tracer.sending([env]):  # the span of a Queue's send: its encoding
+                pass
         body = env.encode(self._serializers[index], self._signers[index])
-        return Encoded(index, env.id, EnqueueItem(env.queue, body, tc._delay if delay is None else delay))
+        return Encoded(
+            index, env.id, EnqueueItem(env.queue, body, tc._delay if delay is None else delay, tc._options)
+        )
 
-    async def send(self, encoded: Sequence[Encoded], driver: BaseDriver | None = None) -> None:
-        """Enqueue encoded calls, one batch per connection (one in all on ``driver``)."""
-        batches: dict[int, list[EnqueueItem]] = {}
-        for index, _, item in encoded:
-            batches.setdefault(0 if driver is not None else index, []).append(item)
+    async def send(self, encoded: Sequence[Encoded], driver: BaseDriver | None = None) -> list[str]:
+        """Enqueue encoded calls, one batch per connection (one in all on ``driver``); return
+        the drivers' message ids, in order (what ``BaseDriver.cancel`` takes)."""
+        batches: dict[int, list[EnqueueItem]]
+        positions: dict[int, Sequence[int]]
+        if driver is not None or len(self.connections) == 1:
+            batches, positions = {0: [e.item for e in encoded]}, {0: range(len(encoded))}
+        else:
+            batches = {}
+            where: dict[int, list[int]] = {}
+            for position, (index, _, item) in enumerate(encoded):
+                batches.setdefault(index, []).append(item)
+                where.setdefault(index, []).append(position)
+            positions = dict(where)
+        ids = [""] * len(encoded)
         for index, items in batches.items():
-            target = driver or await self.driver(index)
+            target = driver or self._ready.get(index) or await self.driver(index)
             if len(encoded) == 1:  # one call: the single enqueue
-                await target.enqueue(items[0].queue, items[0].body, items[0].delay)
+                item = items[0]
+                got = [await target.enqueue(item.queue, item.body, item.delay, options=item.options)]
             else:
-                await target.enqueue_many(items)
+                got = await target.enqueue_many(items)
+            for position, message_id in zip(positions[index], got, strict=True):
+                ids[position] = message_id
+        return ids
 
     async def dispatch(self, call: TaskCall | Task, driver: BaseDriver | None = None) -> str:
         """Enqueue ``call`` on its queue's connection (or on ``driver``); return the task id."""
-        encoded = self.encode(call)
-        await self.send([encoded], driver)
-        return encoded.task_id
+        tc = call.call() if isinstance(call, Task) else call
+        env = tc.envelope(self.config)
+        index = 0 if self._route is None else self._route(env.queue)
+        if self._tracer is not None:
+            with self._tracer.sending([env]):
+                body = env.encode(self._serializers[index], self._signers[index])
+                target = driver or self._ready.get(index) or await self.driver(index)
+                await target.enqueue(env.queue, body, tc._delay, options=tc._options)
+            return env.id
+        body = env.encode(self._serializers[index], self._signers[index])
+        target = driver or self._ready.get(index) or await self.driver(index)
+        await target.enqueue(env.queue, body, tc._delay, options=tc._options)
+        return env.id
 
     async def dispatch_many(
         self, calls: Iterable[TaskCall | Task], driver: BaseDriver | None = None
     ) -> list[str]:
         """Enqueue ``calls``, one batch per connection (one in all on ``driver``); return their
         ids in order."""
-        encoded = [self.encode(call) for call in calls]
-        await self.send(encoded, driver)
-        return [e.task_id for e in encoded]
+        if self._route is not None:
+            encoded = [self.encode(call) for call in calls]
+            await self.send(encoded, driver)
+            return [e.task_id for e in encoded]
+        # one connection for all: no routing, no per-call bookkeeping (the bulk hot path)
+        config = self.config
+        plain = [c.call() if isinstance(c, Task) else c for c in calls]
+        envelopes = [tc.envelope(config) for tc in plain]
+        if self._tracer is not None:
+            with self._tracer.sending(envelopes):
+                return await self._send_envelopes(plain, envelopes, driver)
+        return await self._send_envelopes(plain, envelopes, driver)
+
+    async def _send_envelopes(
+        self, calls: list[TaskCall], envelopes: list[Envelope], driver: BaseDriver | None
+    ) -> list[str]:
+        serializer, signer = self._serializers[0], self._signers[0]
+        ids: list[str] = []
+        items: list[EnqueueItem] = []
+        for tc, env in zip(calls, envelopes, strict=True):
+            items.append(EnqueueItem(env.queue, env.encode(serializer, signer), tc._delay, tc._options))
+            ids.append(env.id)
+        if items:
+            target = driver or self._ready.get(0) or await self.driver(0)
+            if len(items) == 1:
+                item = items[0]
+                await target.enqueue(item.queue, item.body, item.delay, options=item.options)
+            else:
+                await target.enqueue_many(items)
+        return ids
+
+    @property
+    def _ready(self) -> dict[int, BaseDriver]:
+        """The running loop's connected drivers (empty until they are): the hot path's lookup."""
+        loop, drivers = self._ready_pair
+        return drivers if loop is asyncio.get_running_loop() else {}
 
     async def driver(self, index: int = 0) -> BaseDriver:
         """The connected driver of ``connections[index]`` in the running loop."""
@@ -444,6 +542,10 @@ class Producer:
             raise
         if drivers.get(index) is pending:
             drivers[index] = driver
+        ready = self._ready_pair
+        if ready[0] is not loop:
+            ready = self._ready_pair = (loop, {})
+        ready[1][index] = driver
         return driver
 
     async def _connect(self, index: int) -> BaseDriver:
@@ -459,12 +561,14 @@ class Producer:
 
     async def close(self) -> None:
         """Disconnect the running loop's drivers; a later dispatch connects again."""
+        self._ready_pair = (None, {})
         await _disconnect(self._drivers.pop(asyncio.get_running_loop(), {}))
 
     async def close_everywhere(self) -> None:
         """Disconnect the drivers of every loop: this one's directly, those of other running
         loops (the background loop of ``dispatch_sync``) on their own loop, waiting for them."""
         here = asyncio.get_running_loop()
+        self._ready_pair = (None, {})
         for loop in list(self._drivers):
             drivers = self._drivers.pop(loop, {})
             if loop is here:
@@ -474,6 +578,7 @@ class Producer:
 
     def reset(self) -> None:
         """Forget every driver; those of running loops disconnect there, without waiting."""
+        self._ready_pair = (None, {})
         for loop, drivers in list(self._drivers.items()):
             if loop.is_running():
                 loop.call_soon_threadsafe(_disconnect_soon, drivers)

@@ -46,6 +46,9 @@ async def _work(queue: str, n: int, concurrency: int, announce: bool, driver_nam
             max_tasks=n,
             results_ttl=0,
             install_signal_handlers=False,
+            metrics_port=int(os.environ["ASYNCTASQ_BENCH_METRICS_PORT"])
+            if os.environ.get("ASYNCTASQ_BENCH_METRICS_PORT")
+            else None,
         )
         if announce:
             print("ready", flush=True)
@@ -72,6 +75,14 @@ def _timings() -> dict[str, Any]:
 def _worker_main(args: argparse.Namespace) -> None:
     """Child: run one worker until it took --n tasks, then print the timings as JSON."""
     from asynctasq.utils.loop import run
+
+    log_file = os.environ.get("ASYNCTASQ_BENCH_TASK_LOG")
+    if log_file:  # the CLI's logging, one INFO line per task, into this file
+        from asynctasq.config import Config
+        from asynctasq.utils.logs import setup_logging
+
+        sys.stderr = open(log_file, "a")  # noqa: SIM115 - the child's stderr until it exits
+        setup_logging(Config())
 
     run(_work(args.queue, args.n, args.concurrency, announce=True))
     print(json.dumps(_timings()), flush=True)

@@ -241,5 +241,5 @@ def test_worker_hooks_from_flags_and_environment(db: dict[str, str]) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["hook: hooked starting", "add 1+2=3", "hook: hooked stopped after 1"]
-    out = cli("worker", "--burst", "--on-startup", "tests.cli_tasks.announce_start", env=db)
-    assert out.returncode != 0 and "use module:function" in out.stderr
+    out = cli("worker", "--burst", "--on-startup", "announce_start", env=db)
+    assert out.returncode != 0 and "use module:name or module.name" in out.stderr

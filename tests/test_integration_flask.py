@@ -304,9 +304,9 @@ async def test_each_queue_goes_to_its_connection(
     batches: list[tuple[str, list[str]]] = []
     enqueue_many = SQLiteDriver.enqueue_many
 
-    async def recorded(driver: SQLiteDriver, items: list[EnqueueItem]) -> None:
+    async def recorded(driver: SQLiteDriver, items: list[EnqueueItem]) -> list[str]:
         batches.append((Path(driver.path).name, [item.queue for item in items]))
-        await enqueue_many(driver, items)
+        return await enqueue_many(driver, items)
 
     monkeypatch.setattr(SQLiteDriver, "enqueue_many", recorded)
     with app.app_context():

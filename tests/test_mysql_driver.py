@@ -141,6 +141,8 @@ def test_table_name_must_be_an_identifier(bad: str) -> None:
         ("10.5.22-MariaDB-log", False),
         ("5.5.5-10.4.1-MariaDB", False),
         ("8.0.1", True),
+        ("8.0.36-0ubuntu0.22.04.1", True),
+        ("8.0.0", False),
         ("8.4.3-commercial", True),
         ("8.0.0-dmr", False),
         ("5.7.44-log", False),
@@ -309,6 +311,57 @@ async def test_acks_and_commands_on_both_server_paths(driver: MySQLDriver, retur
     assert await driver.ack([got[3]]) == [got[3]]
 
 
+MARIADB_ONLY = ("RETURNING", "TX_ISOLATION", "CREATE OR REPLACE", "VALUES(")
+"""Syntax MySQL 8 lacks (RETURNING), removed (tx_isolation) or deprecates (VALUES() in
+ON DUPLICATE KEY UPDATE, 8.0.20)."""
+
+
+@pytest.mark.parametrize(
+    ("version", "returning"),
+    [("8.0.36-0ubuntu0.22.04.1", False), ("8.4.3", False), ("10.11.6-MariaDB-0+deb12u1", True)],
+)
+async def test_a_mysql_server_gets_no_mariadb_only_statement(
+    driver: MySQLDriver, version: str, returning: bool
+) -> None:
+    """Every statement the driver sends once it took a server for MySQL 8 (run here against
+    MariaDB, which accepts the MySQL forms too): none uses MariaDB-only syntax, and no locking
+    clause sits inside a UNION. With a MariaDB version string it does use RETURNING."""
+    driver._use_server(version)
+    assert driver._returning is returning
+    sent: list[str] = []
+    original = mysql_module._QuietCursor.execute
+
+    async def recording(self: Any, query: str, args: Any = None) -> Any:
+        sent.append(query.upper())
+        return await original(self, query, args)
+
+    mysql_module._QuietCursor.execute = recording  # type: ignore[method-assign]
+    try:
+        ids = await driver.enqueue_many([EnqueueItem(q, b"x") for q in ("a", "b", "b")])
+        await driver.enqueue("a", b"later", delay=30)
+        got = await driver.dequeue(["b", "a"], 3, wait=1)
+        assert [d.queue for d in got] == ["b", "b", "a"] and sorted(d.id for d in got) == sorted(ids)
+        assert await driver.extend(got, 30) == got
+        assert await driver.complete([got[0]], [("r1", b"ok")], 60) == [got[0]]
+        assert await driver.release(got[1], 0.0, b"again") is True
+        assert await driver.fail(got[2], "boom") is True
+        assert await driver.failed_requeue() == 1
+        again = await driver.dequeue(["a", "b"], 5, wait=1)
+        assert len(await driver.ack(again)) == 2
+        await driver.send_command("w", {"command": "ping"})
+        assert await driver.receive_commands("w") == [{"command": "ping"}]
+        await driver.stats(["a", "b"])
+        await driver.purge("a")
+    finally:
+        mysql_module._QuietCursor.execute = original  # type: ignore[method-assign]
+    uses = [q for q in sent if any(bad in q for bad in MARIADB_ONLY)]
+    if returning:
+        assert any("RETURNING" in q for q in uses)
+    else:
+        assert uses == [], uses
+    assert not [q for q in sent if "UNION" in q and "FOR UPDATE" in q]
+
+
 async def test_give_back_and_retry_keep_the_delivery_count_right(driver: MySQLDriver) -> None:
     await driver.enqueue("q", b"v1")
     [first] = await driver.dequeue(["q"], 1, wait=1)
@@ -368,6 +421,29 @@ async def test_idle_wait_costs_few_queries_and_still_sees_other_processes(
         await producing
         assert delivery.body == b"from elsewhere"
         assert time.monotonic() - started < 0.3 + 1.0, "picked up within about one idle interval"
+
+
+async def test_a_dequeue_that_does_not_wait_sees_rows_made_ready_elsewhere(
+    make: Callable[..., Awaitable[MySQLDriver]],
+) -> None:
+    """The idle probe's answer is not the truth for ``wait=0``: after an empty claim, a row
+    another driver enqueues, releases or lets expire is claimed by the next ``dequeue(wait=0)``."""
+    consumer, other = await make(), await make()
+    assert await consumer.dequeue(["q"], 1, wait=0) == []
+    await other.enqueue("q", b"new")
+    [got] = await consumer.dequeue(["q"], 1, wait=0)
+    assert await consumer.dequeue(["q"], 1, wait=0) == []
+    assert await consumer.release(got, 0.0) is True
+    [again] = await consumer.dequeue(["q"], 1, wait=0)
+    assert again.body == b"new" and again.delivery_count == 1
+    await consumer.ack([again])
+    await other.enqueue("q", b"leased")
+    [held] = await other.dequeue(["q"], 1, wait=0)
+    assert await consumer.dequeue(["q"], 1, wait=0) == []
+    assert await other.extend([held], 0.05) == [held]
+    await asyncio.sleep(0.2)  # the lease's own deadline
+    [expired] = await consumer.dequeue(["q"], 1, wait=0)
+    assert expired.body == b"leased" and expired.delivery_count == 2
 
 
 async def driver_queries(driver: MySQLDriver, call: Callable[[], Awaitable[Any]]) -> tuple[Any, int]:
@@ -440,15 +516,22 @@ async def test_reconnects_after_the_server_drops_its_connections(
     assert await count_rows(driver) == 0
 
 
-async def test_unreachable_server_is_a_clear_error_without_the_password() -> None:
-    driver = MySQLDriver(
-        "mysql://root:hunter2@127.0.0.1:1/test", connect_timeout_s=0.5, reconnect_timeout_s=0.5
-    )
+@pytest.mark.parametrize("call", ["connect", "enqueue", "migrate"])
+async def test_unreachable_server_fails_at_once_without_the_password(call: str) -> None:
+    """With the default timeouts: a server that was never reached is one BrokerUnavailable at
+    once (the reconnect budget is for connections lost after one existed)."""
+    driver = MySQLDriver("mysql://root:hunter2@127.0.0.1:1/test")
     started = time.monotonic()
     with pytest.raises(BrokerUnavailable) as info:
-        await driver.connect()
-    assert time.monotonic() - started < 10
+        if call == "connect":
+            await driver.connect()
+        elif call == "enqueue":
+            await driver.enqueue("q", b"x")
+        else:
+            await driver.migrate()
+    assert time.monotonic() - started < 3, "no reconnect loop before the first connection"
     text = str(info.value)
+    assert "\n" not in text
     assert "MySQL at 127.0.0.1:1/test" in text and "--mysql-dsn" in text and "hunter2" not in text
 
 

@@ -226,12 +226,45 @@ async def test_results_of_failed_tasks(broker: dict[str, Any]) -> None:
         await job.result(timeout=5)
 
 
-async def test_cancel_says_what_is_missing(broker: dict[str, Any]) -> None:
-    job = await Queue("low").enqueue_in(600, multiply, 1, 1)
-    with pytest.raises(UnsupportedOperation) as caught:
-        job.cancel()
-    assert "cancelling a waiting task needs driver support: not available yet" in str(caught.value)
-    assert (await stats(broker, "low"))["delayed"] == 1  # still there
+async def test_cancel_removes_a_waiting_job_only(broker: dict[str, Any]) -> None:
+    low = Queue("low")
+    kept, delayed = await low.enqueue_in(600, multiply, 1, 1), await low.enqueue_in(600, multiply, 2, 2)
+    ready = await low.enqueue(multiply, 3, 3)
+    assert kept.message_id and kept.message_id != delayed.message_id
+    assert await delayed.cancel() is True
+    assert await delayed.cancel() is False  # gone already
+    assert await ready.cancel() is True
+    assert await stats(broker, "low") == {"ready": 0, "delayed": 1, "leased": 0, "failed": 0}
+    done = await low.enqueue(multiply, 4, 4)
+    await work(broker, ["low"])
+    assert await done.result(timeout=5) == 16
+    assert await done.cancel() is False  # it ran
+
+
+async def test_cancel_in_sync_code(broker: dict[str, Any]) -> None:
+    def enqueue_and_cancel() -> tuple[bool, bool]:
+        job = Queue("low").enqueue_in(600, multiply, 1, 1)
+        return job.cancel(), job.cancel()
+
+    assert await asyncio.to_thread(enqueue_and_cancel) == (True, False)
+    assert (await stats(broker, "low"))["delayed"] == 0
+
+
+async def test_cancel_says_what_is_missing() -> None:
+    from asynctasq.drivers.memory import MemoryDriver
+
+    class NoCancel(MemoryDriver):
+        capabilities = MemoryDriver.capabilities - {"cancel"}
+
+    async with NoCancel(namespace="no-cancel") as driver:
+        job = await Queue("low", driver=driver).enqueue_in(600, multiply, 1, 1)
+        with pytest.raises(UnsupportedOperation, match="cannot remove a waiting message"):
+            await job.cancel()
+        assert (await driver.stats(["low"]))["low"]["delayed"] == 1  # still there
+        unsent = Queue("low", driver=driver).enqueue(multiply, 1, 1)
+        with pytest.raises(TaskDefinitionError, match="not sent yet"):
+            unsent.cancel()
+        await unsent
 
 
 # -- where a queue connects -------------------------------------------------------------------

@@ -279,7 +279,8 @@ async def test_schema_wal_and_version_are_set(driver: SQLiteDriver, db_path: str
 async def test_claim_uses_the_index(driver: SQLiteDriver, db_path: str) -> None:
     sql = driver._claim_statement(2)
     with sqlite3.connect(db_path) as raw:
-        plan = " ".join(r[3] for r in raw.execute("EXPLAIN QUERY PLAN " + sql, [0, "a", 0, 5, "b", 0, 5, 5]))
+        params = ["token", 0, "a", 0, 5, "b", 0, 5, 5]
+        plan = " ".join(r[3] for r in raw.execute("EXPLAIN QUERY PLAN " + sql, params))
     assert "SEARCH tasks USING COVERING INDEX tasks_claim (queue=? AND due<?)" in plan
     assert "SCAN tasks" not in plan
 

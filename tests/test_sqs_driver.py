@@ -11,9 +11,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -227,6 +229,27 @@ async def test_give_back_keeps_lost_deliveries_but_costs_nothing(make_sqs: MakeS
     assert await driver.ack([fourth]) == [fourth]
 
 
+async def test_give_backs_at_the_same_moment_go_in_batches(make_sqs: MakeSQS, queue: str) -> None:
+    """A stopping worker gives back each running task from its own task, all at once: 12
+    give-backs cost 2 SendMessageBatch and 2 DeleteMessageBatch, not 12 of each; a stale one
+    among them is refused, and every message comes back uncounted."""
+    driver = await make_sqs()
+    await driver.enqueue_many([EnqueueItem(queue, b"%d" % i) for i in range(12)])
+    held = await driver.dequeue([queue], 10, wait=2)
+    held += await driver.dequeue([queue], 2, wait=2)
+    assert len(held) == 12
+    assert await driver.ack(held[:1]) == held[:1]  # acked: its give-back is refused
+    calls = sqs_backend.count_calls(driver)
+    given = await asyncio.gather(*(driver.release(d) for d in held))
+    assert given == [False] + [True] * 11
+    assert calls == {"SendMessageBatch": 2, "DeleteMessageBatch": 2}
+    back = await driver.dequeue([queue], 10, wait=2)
+    back += await driver.dequeue([queue], 10, wait=2)
+    assert sorted(d.body for d in back) == sorted(d.body for d in held[1:])
+    assert {d.delivery_count for d in back} == {1}
+    await driver.ack(back)
+
+
 async def test_delays_over_900s_are_chained(sqs: SQSDriver, queue: str) -> None:
     await sqs.enqueue(queue, b"much later", delay=3 * 3600)
     assert (await sqs.stats([queue]))[queue]["delayed"] == 1, "accepted, not refused"
@@ -301,6 +324,87 @@ async def test_fifo_queue_keeps_order_delays_and_counts(make_sqs: MakeSQS) -> No
         SQSDriver(message_group_id="has space")
 
 
+def _group(name: str) -> tuple[tuple[str, str], ...]:
+    return (("message_group_id", name),)
+
+
+async def test_fifo_message_groups_keep_order_within_and_run_apart(make_sqs: MakeSQS) -> None:
+    """Per-dispatch message groups: a group runs in order, one batch at a time; another group
+    is not held back by it; a retry and a give-back stay in their group (at its end)."""
+    one, two = await make_sqs(lease_seconds=10), await make_sqs(lease_seconds=10)
+    queue = "orders.fifo"
+    items = [EnqueueItem(queue, body.encode(), 0, _group(body[0])) for body in ("a1", "b1", "a2", "a3", "b2")]
+    await one.enqueue_many(items)
+    [a1] = await one.dequeue([queue], 1, wait=2)
+    [b1] = await two.dequeue([queue], 1, wait=2)  # group a in flight does not hold back group b
+    assert (a1.body, b1.body) == (b"a1", b"b1")
+    assert await two.dequeue([queue], 10, wait=0) == [], "both groups have a message in flight"
+    await one.ack([a1])
+    [a2] = await two.dequeue([queue], 1, wait=2)
+    assert a2.body == b"a2"
+    assert await two.release(a2, 0, body=b"a2-retry") is True  # a retry: to the end of group a
+    await two.ack([b1])
+    got = await one.dequeue([queue], 10, wait=2)
+    assert [d.body for d in got] == [b"a3", b"b2", b"a2-retry"]  # in each group, in order
+    assert [one._leases[d.token].group for d in got] == ["a", "b", "a"]
+    assert await one.release(got[1]) is True  # a give-back keeps group b
+    await one.ack([got[0], got[2]])
+    [b2] = await two.dequeue([queue], 10, wait=2)
+    assert (b2.body, b2.delivery_count, two._leases[b2.token].group) == (b"b2", 1, "b")
+    await two.ack([b2])
+
+
+async def test_fifo_deduplication_id_stores_one_copy(make_sqs: MakeSQS) -> None:
+    """The same deduplication id within SQS's 5-minute window: one message, however many
+    dispatches (through the public API: TaskCall.broker_options)."""
+    from tests.cli_tasks import add
+
+    driver = await make_sqs()
+    queue = "billing.fifo"
+    for _ in range(3):
+        await (
+            add(1, 2)
+            .on_queue(queue)
+            .broker_options(message_group_id="acct-7", deduplication_id="invoice-42")
+            .dispatch(driver)
+        )
+    await add(2, 2).on_queue(queue).broker_options(message_group_id="acct-7").dispatch(driver)
+    got = await driver.dequeue([queue], 10, wait=2)
+    assert [Envelope.decode(d.body).args for d in got] == [[1, 2], [2, 2]]
+    await driver.ack(got)
+
+
+async def test_broker_options_are_validated_or_refused(make_sqs: MakeSQS, queue: str) -> None:
+    from asynctasq.drivers.memory import MemoryDriver
+    from asynctasq.errors import TaskDefinitionError
+    from tests.cli_tasks import add
+
+    driver = await make_sqs()
+    with pytest.raises(UnsupportedOperation, match="need an SQS FIFO queue"):
+        await driver.enqueue(queue, b"x", options=_group("g"))
+    with pytest.raises(ConfigError, match="1-128 letters, digits and punctuation"):
+        await driver.enqueue_many(
+            [EnqueueItem("q.fifo", b"ok"), EnqueueItem("q.fifo", b"x", 0, _group("a b"))]
+        )
+    with pytest.raises(ConfigError, match="1-128"):
+        await driver.enqueue("q.fifo", b"x", options=(("deduplication_id", "d" * 129),))
+    assert (await driver.stats(["q.fifo"]))["q.fifo"]["ready"] == 0, "nothing of a refused batch was sent"
+    with pytest.raises(TaskDefinitionError, match="unknown broker option"):
+        add(1, 2).broker_options(priority="9")
+    with pytest.raises(TaskDefinitionError, match="non-empty string"):
+        add(1, 2).broker_options(message_group_id="")
+    memory = MemoryDriver()
+    await memory.connect()
+    try:
+        with pytest.raises(UnsupportedOperation, match="does not support the broker option"):
+            await add(1, 2).broker_options(message_group_id="g").dispatch(memory)
+        with pytest.raises(UnsupportedOperation, match="deduplication_id"):
+            await memory.enqueue_many([EnqueueItem("q", b"x", 0, (("deduplication_id", "d"),))])
+        assert (await memory.stats(["q"]))["q"]["ready"] == 0
+    finally:
+        await memory.disconnect()
+
+
 # -- leases and fencing -------------------------------------------------------------------------
 
 
@@ -323,6 +427,55 @@ async def test_fencing_is_not_claimed_and_stale_tokens_are_refused_locally(
     assert await a.ack([second]) == [], "acked already"
 
 
+async def test_a_late_answer_never_leaves_a_lease_sqs_has_released(
+    make_sqs: MakeSQS, namespace: str, queue: str
+) -> None:
+    """The answer of a long poll reaches the driver 1 s after SQS handed the message out
+    (through a relay that holds back moto's answers): the driver's own lease must end before
+    SQS's visibility does, so once a second consumer can receive the message, the first one's
+    ack is refused (no call: it could delete the copy the other one runs). Before the fix,
+    the local lease ran from the answer and outlived SQS's by about a second."""
+    target = urlsplit(sqs_backend.endpoint()).port
+    assert target is not None
+    relay = sqs_backend.Relay(target, answer_delay_s=1.0)
+    try:
+        await relay.start()
+        prefix = f"{relay.url}/{sqs_backend.ACCOUNT}/{namespace}-"  # the same queues, via the relay
+        slow = await make_sqs(endpoint_url=relay.url, queue_url_prefix=prefix, lease_seconds=2.0)
+        other = await make_sqs(lease_seconds=2.0)
+        assert await slow.dequeue([queue], 1, wait=0) == []  # the queue exists, its URL is known
+        waiting = asyncio.create_task(slow.dequeue([queue], 1, wait=20))
+        await wait_for(lambda: queue in slow._polls, timeout=10)  # a long poll is in flight
+        await asyncio.sleep(0.5)  # its request has reached moto
+        await other.enqueue(queue, b"late")
+        [held] = await asyncio.wait_for(waiting, 30)
+        deadline = time.monotonic() + 10
+        taken = []
+        while not taken and time.monotonic() < deadline:
+            taken = await other.dequeue([queue], 1, wait=0)
+            if not taken:
+                await asyncio.sleep(0.1)
+        assert [d.body for d in taken] == [b"late"], "SQS never handed the message out again"
+        assert await slow.ack([held]) == [], "the driver still thought it held the lease"
+        await other.ack(taken)
+    finally:
+        await asyncio.to_thread(relay.close)
+
+
+async def test_visibility_asked_for_stays_within_the_12_hour_cap(make_sqs: MakeSQS, queue: str) -> None:
+    """A lease at SQS's 12-hour cap: the long poll's 2 s margin comes out of the local lease,
+    not on top of the visibility SQS would refuse."""
+    driver = await make_sqs(lease_seconds=43200, wait_time_seconds=1)
+    asked: list[int] = []
+
+    def capture(params: dict[str, Any], **_: Any) -> None:
+        asked.append(params["VisibilityTimeout"])
+
+    driver._client.meta.events.register("provide-client-params.sqs.ReceiveMessage", capture)
+    assert await driver.dequeue([queue], 1, wait=1.5) == []  # a short poll, then a long one
+    assert len(asked) >= 2 and set(asked) == {43200}
+
+
 async def test_extend_stops_with_a_clear_error_at_the_12_hour_cap(
     sqs: SQSDriver, queue: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -333,6 +486,35 @@ async def test_extend_stops_with_a_clear_error_at_the_12_hour_cap(
     with caplog.at_level(logging.ERROR, "asynctasq.drivers.sqs"):
         assert await sqs.extend([got], 60) == []
     assert "12 hours" in caplog.text and got.id in caplog.text
+
+
+async def test_competing_consumers_get_each_message_once(make_sqs: MakeSQS, queue: str) -> None:
+    """Six consumers, receiving (short and long polls) and deleting at the same moments, get
+    each of 600 delayed messages once, and nothing comes back after its ack. It failed on
+    moto 5.2.5 as shipped, whose receive and delete are not thread-safe (the delayed storm of
+    the chaos suite ran tasks twice); the test server fixes that (tests/backends/sqs_backend)."""
+    n, lease_s = 600, 2.0
+    producer = await make_sqs()
+    consumers = [await make_sqs(lease_seconds=lease_s, wait_time_seconds=1) for _ in range(6)]
+    await producer.enqueue_many([EnqueueItem(queue, f"m{i}".encode(), 1.0) for i in range(n)])
+    seen: Counter[bytes] = Counter()
+    quiet_until = [time.monotonic() + 60]
+
+    async def consume(driver: SQSDriver, wait: float) -> None:
+        while time.monotonic() < quiet_until[0]:
+            got = await driver.dequeue([queue], 10, wait=wait)
+            seen.update(d.body for d in got)
+            if got:
+                assert await driver.ack(got) == got
+            if len(seen) == n and quiet_until[0] > time.monotonic() + lease_s + 1.5:
+                quiet_until[0] = time.monotonic() + lease_s + 1.5  # a deleted message would be back
+
+    await asyncio.wait_for(
+        asyncio.gather(*(consume(c, 0.0 if i % 2 else 1.0) for i, c in enumerate(consumers))), 90
+    )
+    assert len(seen) == n
+    assert [body for body, count in seen.items() if count > 1] == []
+    assert (await producer.stats([queue]))[queue] == {"ready": 0, "delayed": 0, "leased": 0, "failed": 0}
 
 
 # -- round trips --------------------------------------------------------------------------------
@@ -531,22 +713,42 @@ async def test_worker_without_results_runs_tasks(sqs: SQSDriver, caplog: pytest.
 
 
 async def test_dead_broker_is_a_clear_error_without_secrets(queue: str) -> None:
+    """An endpoint never reached fails connect() at once, in one line (no botocore retries,
+    no reconnect budget: that is for an endpoint that goes away after it answered)."""
     port = sqs_backend.free_port()  # nothing listens there
     driver = SQSDriver(
         endpoint_url=f"http://127.0.0.1:{port}",
-        reconnect_timeout=0.5,
         aws_access_key_id="AKIDEXAMPLE",
         aws_secret_access_key="do-not-show-me",
     )
-    await driver.connect()
-    try:
-        with pytest.raises(
-            BrokerUnavailable, match=rf"cannot reach SQS at http://127.0.0.1:{port}"
-        ) as caught:
-            await driver.enqueue(queue, b"x")
-        assert "do-not-show-me" not in str(caught.value)
-    finally:
-        await driver.disconnect()
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=rf"cannot reach SQS at http://127.0.0.1:{port}") as caught:
+        await driver.connect()
+    assert time.monotonic() - started < 2.0
+    assert "do-not-show-me" not in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(BrokerError, match="not connected"):
+        await driver.enqueue(queue, b"x")
+
+
+async def test_bad_credentials_fail_at_connect(namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials SQS refuses fail connect() in one line. moto takes any key, so its answer to
+    a bad one (InvalidClientTokenId) is put in place of the real call here."""
+    import aiobotocore.client
+    from botocore.exceptions import ClientError
+
+    original = aiobotocore.client.AioBaseClient._make_api_call
+
+    async def refusing(self: Any, operation: str, params: Any) -> Any:
+        if operation == "ListQueues":
+            error = {"Error": {"Code": "InvalidClientTokenId", "Message": "The security token is invalid."}}
+            raise ClientError(error, operation)  # type: ignore[arg-type]
+        return await original(self, operation, params)
+
+    monkeypatch.setattr(aiobotocore.client.AioBaseClient, "_make_api_call", refusing)
+    driver = SQSDriver(**sqs_backend.options(namespace))
+    with pytest.raises(BrokerError, match="does not accept the AWS credentials"):
+        await driver.connect()
+    assert driver._client is None
 
 
 # -- worker processes ---------------------------------------------------------------------------

@@ -759,8 +759,10 @@ async def test_startup_and_shutdown_hooks_from_callables_and_config(driver: Memo
     worker = Worker.from_config(driver, config, install_signal_handlers=False)
     await worker.start()
     assert hook_calls == ["startup cfg starting", "shutdown 0"]
-    with pytest.raises(asynctasq.ConfigError, match="module:function"):
-        make_worker(driver, on_startup="tests.test_worker.startup_hook")
+    dotted = make_worker(driver, on_startup="tests.test_worker.startup_hook")  # RQ's spelling
+    assert dotted.on_startup == [startup_hook]
+    with pytest.raises(asynctasq.ConfigError, match=r"module:name or module\.name"):
+        make_worker(driver, on_startup="startup_hook")
     with pytest.raises(asynctasq.ConfigError, match="has no 'nope'"):
         make_worker(driver, on_shutdown=["tests.test_worker:nope"])
 

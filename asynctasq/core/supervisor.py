@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from asynctasq.config import env_name
 
@@ -50,7 +51,9 @@ def split_name(args: Sequence[str]) -> tuple[str | None, list[str]]:
 
 
 class Supervisor:
-    def __init__(self, worker_args: Sequence[str], processes: int) -> None:
+    def __init__(
+        self, worker_args: Sequence[str], processes: int, *, metrics_port: int | None = None
+    ) -> None:
         if processes < 1:
             raise ValueError("processes must be at least 1")
         flag_name, self.worker_args = split_name(worker_args)
@@ -62,6 +65,8 @@ class Supervisor:
         self.failures: dict[int, int] = {}
         self.restart_at: dict[int, float] = {}
         self.stopping = 0  # signals received
+        self.metrics_port = metrics_port
+        self.metrics: Any = None
 
     def _spawn(self, slot: int) -> None:
         env = dict(os.environ)
@@ -81,6 +86,10 @@ class Supervisor:
     def run(self) -> int:
         """Supervise until the children are done; the exit code for the supervisor."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        if self.metrics_port is not None:  # one endpoint for the pool, before any child starts
+            from asynctasq.metrics import PoolMetrics
+
+            self.metrics = PoolMetrics(self.metrics_port)
         try:
             for slot in range(1, self.processes + 1):
                 self._spawn(slot)
@@ -92,6 +101,8 @@ class Supervisor:
                     if code is None:
                         continue
                     del self.children[slot]
+                    if self.metrics is not None:
+                        self.metrics.child_exited(child.pid)
                     if self.stopping or code == 0:
                         log.info("worker process %d (pid %d) exited with %d", slot, child.pid, code)
                         continue

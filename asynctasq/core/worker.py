@@ -33,19 +33,22 @@ import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from asynctasq.constants import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DEQUEUE_STRATEGY,
     DEFAULT_HEARTBEAT_INTERVAL_S,
+    DEFAULT_MAINTENANCE_INTERVAL_S,
     DEFAULT_MAX_RETRY_DELAY_S,
     DEFAULT_QUEUE,
     DEFAULT_RESULTS_TTL_S,
     DEFAULT_SERIALIZER,
     DEFAULT_SHUTDOWN_TIMEOUT_S,
 )
-from asynctasq.context import _current, info_of
+from asynctasq.context import TaskInfo, _current, info_of
 from asynctasq.drivers.base import BaseDriver, Delivery, WorkerInfo, validate_queue_name
 from asynctasq.errors import (
     ConfigError,
@@ -59,19 +62,24 @@ from asynctasq.errors import (
 from asynctasq.message import Envelope
 from asynctasq.registry import TaskDefinition, TaskRegistry
 from asynctasq.registry import registry as default_registry
-from asynctasq.serializers import BaseSerializer, get_serializer
+from asynctasq.serializers import BUILTIN_SERIALIZERS, BaseSerializer, get_serializer
 from asynctasq.signing import Signer, strip_signature
 from asynctasq.utils import systemd
+from asynctasq.utils.logs import TaskLine, TaskLineSink, task_line_sink
+from asynctasq.utils.reporting import SentryReporter
 
 if TYPE_CHECKING:
     from asynctasq.config import Config
+    from asynctasq.metrics import WorkerMetrics
     from asynctasq.process_pool import ProcessPool
 
 log = logging.getLogger("asynctasq.worker")
+_task_log = logging.getLogger("asynctasq.tasks")  # one INFO line per task
 
 FETCH_WAIT_S = 0.5
 """Longest blocking dequeue; bounds how long a stop waits for an outstanding fetch."""
 COMMAND_POLL_INTERVAL_S = 1.0
+METRICS_INTERVAL_S = 5.0
 DRAIN_FLUSH_TIMEOUT_S = 10.0
 DRIVER_ERROR_BACKOFF_S = (0.1, 0.2, 0.5, 1.0)
 """Pauses after failed fetches and ack batches; drivers reconnect on their own, so a broker that
@@ -80,6 +88,8 @@ comes back sees work resume within a second."""
 TaskContextFactory = Callable[[Envelope], AbstractAsyncContextManager[Any]]
 """Called for every task with its envelope; the task runs inside the returned context."""
 Hook = Callable[["Worker"], Awaitable[Any] | Any]
+ExceptionHandler = Callable[[TaskInfo, BaseException, int], Awaitable[bool | None] | bool | None]
+"""``handler(task, exc, attempt)``: called in order when a task raises; False stops the chain."""
 """``async def hook(worker)`` (a plain function works too): run once when the worker starts or
 after it stopped."""
 
@@ -95,6 +105,45 @@ class _Running:
         self.task: asyncio.Task[None] | None = None
         self.envelope: Envelope | None = None
         self.reason: str | None = None  # why it was cancelled, if it was
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A registered worker, as ``Worker.all()`` returns it (RQ's worker properties)."""
+
+    name: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    state: str
+    """``idle``, ``busy``, ``suspended``, ``starting``, ``stopping``."""
+    current_task_ids: list[str]
+    birth_date: datetime | None
+    last_heartbeat: datetime | None
+    successful_task_count: int
+    failed_task_count: int
+    total_working_time: float
+    """Seconds spent running tasks."""
+
+    @classmethod
+    def from_info(cls, info: WorkerInfo) -> WorkerRecord:
+        def when(key: str) -> datetime | None:
+            value = info.get(key)
+            return None if value is None else datetime.fromtimestamp(float(value), UTC)  # type: ignore[arg-type]
+
+        return cls(
+            name=str(info.get("name", "")),
+            hostname=str(info.get("hostname", "")),
+            pid=int(info.get("pid", 0)),
+            queues=list(info.get("queues", [])),
+            state=str(info.get("state", "unknown")),
+            current_task_ids=list(info.get("current_tasks", [])),
+            birth_date=when("started_at"),
+            last_heartbeat=when("last_heartbeat"),
+            successful_task_count=int(info.get("successful", 0)),
+            failed_task_count=int(info.get("failed", 0)),
+            total_working_time=float(info.get("working_time_s", 0.0)),
+        )
 
 
 class Worker:
@@ -163,6 +212,13 @@ class Worker:
         process_pool_max_memory_per_child_mb: float | None = None,
         signing_key: str | None = None,
         signing_old_keys: Sequence[str] = (),
+        task_description_logging: bool = True,
+        exception_handlers: Sequence[ExceptionHandler | str] = (),
+        default_exception_handler: bool = True,
+        sentry_dsn: str | None = None,
+        metrics_port: int | None = None,
+        otel: bool = False,
+        maintenance_interval: float = DEFAULT_MAINTENANCE_INTERVAL_S,
     ) -> None:
         if isinstance(queues, str):
             queues = [q for q in queues.split(",") if q]
@@ -183,6 +239,9 @@ class Worker:
         self.concurrency = concurrency
         self.max_tasks = max_tasks
         self.serializer = get_serializer(serializer) if isinstance(serializer, str) else serializer
+        self._custom_serializer = (
+            None if self.serializer.name in BUILTIN_SERIALIZERS else self.serializer
+        )  # its messages are read with it, the built-in formats by their first byte
         self.name = name or worker_id or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self.heartbeat_interval = heartbeat_interval
         self.burst = burst
@@ -195,6 +254,27 @@ class Worker:
         self._signer = Signer.from_settings(signing_key, signing_old_keys)
         self.task_context = task_context
         self.task_registry = task_registry or default_registry
+        self.task_description_logging = task_description_logging
+        self._log_tasks = False  # set at start(): the INFO line only costs when someone listens
+        self._task_sink: TaskLineSink | None = None
+        self._task_lines: list[TaskLine] | None = None
+        self.exception_handlers: list[ExceptionHandler] = [
+            import_object(h, "exception_handler") if isinstance(h, str) else h for h in exception_handlers
+        ]
+        for handler in self.exception_handlers:
+            if not callable(handler):
+                raise ConfigError(
+                    f"exception handler {handler!r} is not callable: give handler(task, exc, attempt)"
+                )
+        self.default_exception_handler = default_exception_handler
+        self.sentry_dsn = sentry_dsn
+        self.metrics_port = metrics_port
+        self.otel = otel
+        self.maintenance_interval = maintenance_interval
+        self._tracer: Any = None
+        self._metrics: WorkerMetrics | None = None
+        self._lost_reported = 0
+        self._sentry: SentryReporter | None = None
         self.on_startup = _hooks(on_startup, "on_startup")
         self.on_shutdown = _hooks(on_shutdown, "on_shutdown")
         self.install_signal_handlers = install_signal_handlers
@@ -212,7 +292,8 @@ class Worker:
         """Tasks whose lease the broker took back before their outcome was recorded here."""
         self.working_time_s = 0.0
         self.started_at = 0.0
-        self.state = "created"
+        self._state = "created"
+        self._set_title = _proctitle_setter()
 
         self._running: dict[Delivery, _Running] = {}
         self._held: set[Delivery] = set()  # every lease we hold: see the module docstring
@@ -224,6 +305,8 @@ class Worker:
         self._flush_wanted = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
+        self._resumed = asyncio.Event()  # clear while suspended
+        self._resumed.set()
         self._force = asyncio.Event()
         self._stop_deadline = 0.0
         self._closing = False
@@ -260,11 +343,46 @@ class Worker:
             on_shutdown=config.on_shutdown,
             imports=config.imports,
             sys_path=config.path,
+            task_description_logging=not config.disable_task_description_logging,
+            exception_handlers=config.exception_handlers,
+            default_exception_handler=not config.disable_default_exception_handler,
+            sentry_dsn=config.sentry_dsn,
+            metrics_port=config.metrics_port,
+            otel=config.otel,
+            maintenance_interval=config.maintenance_interval,
         )
         if "worker_id" in overrides:  # the other spelling of name
             settings["name"] = overrides.pop("worker_id")
         settings.update(overrides)
         return cls(driver, **settings)
+
+    @property
+    def state(self) -> str:
+        """``created``, ``starting``, ``idle``, ``busy``, ``suspended``, ``stopping``, ``stopped``."""
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        if value != self._state:
+            self._state = value
+            if self._set_title is not None:  # setproctitle installed: ps and top show it
+                self._set_title(f"asynctasq worker {self.name} [{value}] {','.join(self.queues)}")
+
+    # -- the registry, from Python (RQ's Worker.all / Worker.count) ---------------------------
+
+    @staticmethod
+    async def all(driver: BaseDriver, queue: str | None = None) -> list[WorkerRecord]:
+        """The live workers registered on ``driver`` (those listening on ``queue``), by name.
+        Needs the driver's ``workers`` capability."""
+        infos = await driver.list_workers()
+        records = [WorkerRecord.from_info(i) for i in infos]
+        if queue is not None:
+            records = [r for r in records if queue in r.queues]
+        return sorted(records, key=lambda r: r.name)
+
+    @staticmethod
+    async def count(driver: BaseDriver, queue: str | None = None) -> int:
+        return len(await Worker.all(driver, queue))
 
     # -- public control ------------------------------------------------------------------
 
@@ -282,6 +400,24 @@ class Worker:
             self._stop_deadline = time.monotonic() + self.shutdown_timeout
             self._stop.set()
         self._slot_freed.set()
+
+    def suspend(self) -> None:
+        """Stop taking tasks but stay up (running ones finish); ``resume()`` goes on. RQ's
+        ``rq suspend``; from the CLI, ``asynctasq suspend``."""
+        if self._resumed.is_set():
+            log.info("suspended: taking no tasks until resumed")
+        self._resumed.clear()
+        if not self._running:
+            self.state = "suspended"
+
+    def resume(self) -> None:
+        if not self._resumed.is_set():
+            log.info("resumed")
+        self._resumed.set()
+
+    @property
+    def suspended(self) -> bool:
+        return not self._resumed.is_set()
 
     def stop_task(self, task_id: str) -> bool:
         """Cancel the running task ``task_id``; it goes to the failed registry as stopped."""
@@ -301,10 +437,25 @@ class Worker:
         """Run until SIGTERM/SIGINT, :meth:`stop`, the end of a burst, ``max_tasks`` or idleness."""
         loop = asyncio.get_running_loop()
         self.started_at = time.time()
+        self._log_tasks = self.task_description_logging and _task_log.isEnabledFor(logging.INFO)
+        self._task_sink = task_line_sink() if self._log_tasks else None
+        batched = self._task_sink is not None or self._metrics is not None
+        self._task_lines = [] if batched else None
         self.state = "starting"
         installed = self._install_signals(loop)
         started = False
         try:
+            if self.sentry_dsn:
+                self._sentry = SentryReporter(self.sentry_dsn)
+            if self.otel:
+                from asynctasq.tracing import tracer
+
+                self._tracer = tracer()
+            if self.metrics_port is not None:
+                from asynctasq.metrics import serve, worker_metrics
+
+                self._metrics = worker_metrics()
+                serve(self.metrics_port)
             await self._start_pool()
             for hook in self.on_startup:
                 await _call_hook(hook, self)
@@ -313,7 +464,10 @@ class Worker:
                 loop.create_task(self._flush_loop(), name="asynctasq-ack-flush"),
                 loop.create_task(self._lease_loop(), name="asynctasq-leases"),
                 loop.create_task(self._registry_loop(), name="asynctasq-registry"),
+                loop.create_task(self._maintenance_loop(), name="asynctasq-maintenance"),
             ]
+            if self._metrics is not None:
+                self._background.append(loop.create_task(self._metrics_loop(), name="asynctasq-metrics"))
             log.info(
                 "worker %s listening on %s (%s, concurrency %d, %s)",
                 self.name,
@@ -330,6 +484,9 @@ class Worker:
             await self._drain()
         finally:
             try:
+                self._write_task_lines()
+                if self._sentry is not None:
+                    self._sentry.flush()
                 await self._shutdown_background()
                 if started:
                     for hook in self.on_shutdown:
@@ -384,6 +541,10 @@ class Worker:
         self._rr_offset = (offset + 1) % len(queues)
         return queues[offset:] + queues[:offset]
 
+    async def _slot_freed_wait(self) -> None:
+        self._slot_freed.clear()
+        await self._slot_freed.wait()
+
     async def _wait_for_slot(self) -> None:
         self._slot_freed.clear()
         await self._slot_freed.wait()
@@ -393,6 +554,12 @@ class Worker:
         idle_since = loop.time()
         failures = 0
         while not self._stop.is_set():
+            if not self._resumed.is_set():
+                if not self._running:
+                    self.state = "suspended"
+                    idle_since = loop.time()  # a suspended spell is not idleness
+                await _first_of(self._resumed.wait(), self._stop.wait(), self._slot_freed_wait())
+                continue
             if self._suspect is not None or self._isolated:
                 # a suspect runs alone: let the others finish, then run it, fetching nothing
                 if self._running:
@@ -530,10 +697,13 @@ class Worker:
     async def _run(self, running: _Running) -> None:
         delivery = running.delivery
         started = time.monotonic()
+        outcome = "failed"
         try:
             try:
                 body = delivery.body if self._signer is None else self._signer.verify(delivery.body)
-                env = Envelope.decode(body, accept_pickle=self.accept_pickle)
+                env = Envelope.decode(
+                    body, accept_pickle=self.accept_pickle, serializer=self._custom_serializer
+                )
             except SerializationError as exc:
                 log.error("message %s on %s cannot be decoded: %s", delivery.id, delivery.queue, exc)
                 await self._fail(delivery, None, f"SerializationError: {exc}")
@@ -569,26 +739,33 @@ class Worker:
                 return
             _current.set(env)
             try:
-                value = await self._execute(definition, env)
+                if self._tracer is None:
+                    value = await self._execute(definition, env)
+                else:
+                    with self._tracer.processing(env):
+                        value = await self._execute(definition, env)
             except asyncio.CancelledError:
                 if running.reason is None:
                     raise
                 if running.reason == _STOPPED:
                     await self._fail(delivery, env, "stopped: " + _STOPPED)
                 else:
+                    outcome = "given back"
                     await self._give_back([delivery])
                 return
             except Retry as exc:
-                await self._retry(delivery, env, attempt, exc, exc.delay)
+                outcome = await self._retry(delivery, env, attempt, exc, exc.delay)
                 return
             except Exception as exc:  # noqa: BLE001 - the task's own failure, recorded
-                await self._retry(delivery, env, attempt, exc, None)
+                outcome = await self._retry(delivery, env, attempt, exc, None)
                 return
             if self._debug:
                 log.debug("task %s %s succeeded in %.4fs", env.task, env.id, time.monotonic() - started)
             if delivery not in self._held:
                 self.lost += 1  # its lease went to another worker, which runs it again
+                outcome = "lost"
                 return
+            outcome = "ok"
             if self._store_results:
                 self._results.append((env.id, self._encode_result({"status": "ok", "value": value})))
             self._acks.append(delivery)
@@ -603,7 +780,29 @@ class Worker:
             self._let_go((delivery,))
         finally:
             self.processed += 1
-            self.working_time_s += time.monotonic() - started
+            took = time.monotonic() - started
+            self.working_time_s += took
+            if running.envelope is not None and (self._task_lines is not None or self._log_tasks):
+                env = running.envelope
+                if self._task_lines is not None:  # batched: logged and counted at the next ack flush
+                    self._task_lines.append((time.time(), env.queue, env.task, env.id, outcome, took))
+                    self._flush_wanted.set()
+                if self._log_tasks and self._task_sink is None:
+                    _task_log.info(
+                        "%s: %s (%s) %s in %.3fs",
+                        env.queue,
+                        env.task,
+                        env.id,
+                        outcome,
+                        took,
+                        extra={
+                            "task": env.task,
+                            "task_id": env.id,
+                            "queue": env.queue,
+                            "outcome": outcome,
+                            "duration_s": round(took, 6),
+                        },
+                    )
             del self._running[delivery]
             self._slot_freed.set()
 
@@ -646,42 +845,69 @@ class Worker:
 
     async def _retry(
         self, delivery: Delivery, env: Envelope, attempt: int, exc: BaseException, delay: float | None
-    ) -> None:
+    ) -> str:
+        """Retry or fail the task that raised ``exc``; return the outcome for its log line."""
+        log_it = await self._handle_exception(env, exc, attempt)
         error = _describe(exc)
         if attempt >= env.max_attempts:
-            log.error(
-                "task %s %s failed on attempt %d/%d: %s",
+            if log_it:
+                log.error(
+                    "task %s %s failed on attempt %d/%d: %s",
+                    env.task,
+                    env.id,
+                    attempt,
+                    env.max_attempts,
+                    error.splitlines()[0] if error else exc,
+                )
+            if self._sentry is not None:
+                self._sentry.failed(env, exc, attempt)
+            await self._fail(delivery, env, error)
+            return "failed"
+        if not self._let_go((delivery,)):
+            self.lost += 1
+            return "lost"
+        delay = self._backoff(env, attempt) if delay is None else max(0.0, delay)
+        env.attempt = attempt + 1
+        if self._sentry is not None:
+            self._sentry.retried(env, exc, attempt, delay)
+        if log_it:
+            log.warning(
+                "task %s %s failed on attempt %d/%d (%s); retrying in %.2fs",
                 env.task,
                 env.id,
                 attempt,
                 env.max_attempts,
-                error.splitlines()[0] if error else exc,
+                type(exc).__name__,
+                delay,
             )
-            await self._fail(delivery, env, error)
-            return
-        if not self._let_go((delivery,)):
-            self.lost += 1
-            return
-        delay = self._backoff(env, attempt) if delay is None else max(0.0, delay)
-        env.attempt = attempt + 1
-        log.warning(
-            "task %s %s failed on attempt %d/%d (%s); retrying in %.2fs",
-            env.task,
-            env.id,
-            attempt,
-            env.max_attempts,
-            type(exc).__name__,
-            delay,
-        )
         if await self.driver.release(delivery, delay, body=self._encode_retry(env, delivery)):
             self.retried += 1
-        else:
-            self.lost += 1
-            log.warning(
-                "task %s %s: lease lost before the retry was recorded; another worker has it",
-                env.task,
-                env.id,
-            )
+            return "retried"
+        self.lost += 1
+        log.warning(
+            "task %s %s: lease lost before the retry was recorded; another worker has it",
+            env.task,
+            env.id,
+        )
+        return "lost"
+
+    async def _handle_exception(self, env: Envelope, exc: BaseException, attempt: int) -> bool:
+        """Run the exception handlers in order (``handler(task, exc, attempt)``, sync or async);
+        one returning False stops the chain. True when the default handler (the worker's own
+        log line) should run: it is the chain's last link."""
+        if self.exception_handlers:
+            task = info_of(env)
+            for handler in self.exception_handlers:
+                try:
+                    verdict = handler(task, exc, attempt)
+                    if inspect.isawaitable(verdict):
+                        verdict = await verdict
+                except Exception:  # a broken handler must not lose the task
+                    log.exception("exception handler %r failed on task %s %s", handler, env.task, env.id)
+                    continue
+                if verdict is False:
+                    return False
+        return self.default_exception_handler
 
     def _encode_retry(self, env: Envelope, delivery: Delivery) -> bytes:
         """The retried message, in this worker's format; in the one it came in when that cannot
@@ -755,6 +981,55 @@ class Worker:
                 len(acks),
             )
 
+    def _write_task_lines(self) -> None:
+        lines = self._task_lines
+        if not lines:
+            return
+        self._task_lines = []
+        if self._task_sink is not None:
+            self._task_sink.write(lines)
+        if self._metrics is not None:
+            self._metrics.record(lines)
+            if self.lost > self._lost_reported:
+                self._metrics.lost.inc(self.lost - self._lost_reported)
+                self._lost_reported = self.lost
+            self._report_running()
+
+    def _report_running(self) -> None:
+        if self._metrics is not None:
+            by_queue: dict[str, int] = {}
+            for delivery in self._running:
+                by_queue[delivery.queue] = by_queue.get(delivery.queue, 0) + 1
+            self._metrics.running(self.queues, by_queue)
+
+    async def _maintenance_loop(self) -> None:
+        """The driver's clean-up every ``maintenance_interval`` seconds (RQ's option)."""
+        if self.maintenance_interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.maintenance_interval)
+            try:
+                await self.driver.maintain()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.warning("driver maintenance failed: %s", exc)
+
+    async def _metrics_loop(self) -> None:
+        """Queue depths (the driver's stats) and in-flight tasks, every few seconds."""
+        assert self._metrics is not None
+        stats = self.driver.supports("stats")
+        while True:
+            self._report_running()
+            if stats:
+                try:
+                    self._metrics.queue_stats(await self.driver.stats(self.queues))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the next round tries again
+                    log.debug("queue stats for metrics failed: %s", exc)
+            await asyncio.sleep(METRICS_INTERVAL_S)
+
     async def _flush_loop(self) -> None:
         """Ack finished tasks in batches; ends, with nothing left to flush, once closing."""
         failures = 0
@@ -776,6 +1051,7 @@ class Worker:
                 await asyncio.sleep(delay)
                 self._flush_wanted.set()
                 continue
+            self._write_task_lines()
             if self._closing and not (self._acks or self._results):
                 return
 
@@ -794,6 +1070,8 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - next beat tries again
                 log.error("extending %d lease(s) failed: %s", len(held), exc)
                 continue
+            if self._metrics is not None:
+                self._metrics.extensions.inc(len(kept))
             if len(kept) < len(held):
                 self._refused(held, kept)
 
@@ -852,6 +1130,10 @@ class Worker:
         if kind == "shutdown":
             log.info("shutdown requested remotely")
             self.stop()
+        elif kind == "suspend":
+            self.suspend()
+        elif kind == "resume":
+            self.resume()
         elif kind == "stop-task":
             task_id = str(command.get("task_id"))
             if self.stop_task(task_id):
@@ -893,6 +1175,25 @@ class Worker:
             self._pool = None
 
 
+def _proctitle_setter() -> Callable[[str], None] | None:
+    """``setproctitle.setproctitle`` when the ``proctitle`` extra is installed, else None."""
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return None
+    return setproctitle
+
+
+async def _first_of(*waits: Awaitable[Any]) -> None:
+    """Until the first of ``waits`` ends; the others are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
 def _backoff_after(failures: int) -> float:
     return DRIVER_ERROR_BACKOFF_S[min(failures, len(DRIVER_ERROR_BACKOFF_S) - 1)]
 
@@ -919,19 +1220,27 @@ async def _call_hook(hook: Hook, worker: Worker) -> None:
 
 
 def _import_hook(path: str, setting: str) -> Hook:
-    module_name, _, attribute = path.partition(":")
+    return import_object(path, setting)  # type: ignore[no-any-return]
+
+
+def import_object(path: str, setting: str) -> Any:
+    """The object at ``module:attribute`` or ``module.attribute`` (RQ's spelling)."""
+    if ":" in path:
+        module_name, _, attribute = path.partition(":")
+    else:
+        module_name, _, attribute = path.rpartition(".")
     if not module_name or not attribute:
-        raise ConfigError(f"{setting}={path!r}: use module:function, e.g. myapp.hooks:open_pool")
+        raise ConfigError(f"{setting}={path!r}: use module:name or module.name, e.g. myapp.hooks:open_pool")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(
             f"{setting}={path!r}: cannot import {module_name!r} ({exc}); check --path"
         ) from None
-    hook = getattr(module, attribute, None)
-    if hook is None:
+    found = getattr(module, attribute, None)
+    if found is None:
         raise ConfigError(f"{setting}={path!r}: module {module_name!r} has no {attribute!r}")
-    return hook  # type: ignore[no-any-return]
+    return found
 
 
 def _describe(exc: BaseException) -> str:

@@ -73,33 +73,46 @@ class Reconnect:
     def unavailable(self, exc: BaseException) -> BrokerUnavailable:
         return BrokerUnavailable(f"cannot reach {self.where} ({one_line(exc, self.secret)}): {self.hint}")
 
-    async def run(self, op: Callable[[], Awaitable[T]], *, timeout_s: float | None = None) -> T:
+    async def run(
+        self,
+        op: Callable[[], Awaitable[T]],
+        *,
+        timeout_s: float | None = None,
+        failed: BaseException | None = None,
+    ) -> T:
+        """``op()``, retried with backoff while it raises a retryable error. ``failed``: the
+        retryable error of a first try the caller made itself (a driver's hot path tries once
+        without this wrapper and comes here only when that try lost the connection)."""
         budget = self.timeout_s if timeout_s is None else timeout_s
         deadline: float | None = None
         delay = RECONNECT_FIRST_DELAY_S
+        exc = failed
         while True:
-            try:
-                result = await op()
-            except self.retryable as exc:
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + budget
-                if self._outage_since is None:
-                    self._outage_since = now
-                    log.warning("lost %s (%s); reconnecting", self.where, one_line(exc, self.secret))
-                if self.on_lost is not None:
-                    maybe = self.on_lost(exc)
-                    if maybe is not None:
-                        await maybe
-                if now >= deadline:
-                    raise self.unavailable(exc) from None
-                await asyncio.sleep(min(delay * (0.5 + random.random()), max(deadline - now, 0.0)))
-                delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
-                continue
-            if self._outage_since is not None:
-                since, self._outage_since = self._outage_since, None
-                log.warning("%s is back after %.1fs", self.where, time.monotonic() - since)
-            return result
+            if exc is None:
+                try:
+                    result = await op()
+                except self.retryable as lost:
+                    exc = lost
+                else:
+                    if self._outage_since is not None:
+                        since, self._outage_since = self._outage_since, None
+                        log.warning("%s is back after %.1fs", self.where, time.monotonic() - since)
+                    return result
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + budget
+            if self._outage_since is None:
+                self._outage_since = now
+                log.warning("lost %s (%s); reconnecting", self.where, one_line(exc, self.secret))
+            if self.on_lost is not None:
+                maybe = self.on_lost(exc)
+                if maybe is not None:
+                    await maybe
+            if now >= deadline:
+                raise self.unavailable(exc) from None
+            exc = None
+            await asyncio.sleep(min(delay * (0.5 + random.random()), max(deadline - now, 0.0)))
+            delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
 
 
 __all__ = ["Reconnect", "one_line"]

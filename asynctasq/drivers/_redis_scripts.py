@@ -285,6 +285,27 @@ redis.call('UNLINK', unpack(KEYS))
 return n
 """
 
+# KEYS: ready delayed leased body count token ; ARGV: id -> 1 when removed, 0 when not waiting
+_CANCEL = (
+    _LUA_COMMON
+    + """
+local ready, delayed, leased, body, count, token = unpack(KEYS)
+local id = ARGV[1]
+if redis.call('HEXISTS', body, id) == 0 then return 0 end
+local lease_end = redis.call('ZSCORE', leased, id)
+if lease_end then
+  if tonumber(lease_end) > now_ms() then return 0 end
+  redis.call('ZREM', leased, id)  -- an expired lease: the message waits again
+elseif redis.call('ZREM', delayed, id) == 0 then
+  redis.call('LREM', ready, 1, id)
+end
+redis.call('HDEL', body, id)
+redis.call('HDEL', count, id)
+redis.call('HDEL', token, id)
+return 1
+"""
+)
+
 # KEYS: result ; ARGV: value ttl_ms
 _STORE_RESULT = """
 redis.call('DEL', KEYS[1])
@@ -336,11 +357,12 @@ FAIL = _script("fail", _FAIL)
 FAILED_REQUEUE = _script("failed_requeue", _FAILED_REQUEUE)
 FAILED_PURGE = _script("failed_purge", _FAILED_PURGE)
 PURGE = _script("purge", _PURGE)
+CANCEL = _script("cancel", _CANCEL)
 STORE_RESULT = _script("store_result", _STORE_RESULT)
 REGISTER_WORKER = _script("register_worker", _REGISTER_WORKER)
 LIST_WORKERS = _script("list_workers", _LIST_WORKERS)
 SCRIPTS: tuple[Script, ...] = (
-    CLAIM, ENQUEUE, ACK, EXTEND, RELEASE, FAIL, FAILED_REQUEUE, FAILED_PURGE, PURGE,
+    CLAIM, ENQUEUE, ACK, EXTEND, RELEASE, FAIL, FAILED_REQUEUE, FAILED_PURGE, PURGE, CANCEL,
     STORE_RESULT, REGISTER_WORKER, LIST_WORKERS,
 )  # fmt: skip
 
@@ -366,7 +388,7 @@ def load_commands() -> list[bytes]:
 
 
 __all__ = [
-    "ACK", "CLAIM", "ENQUEUE", "EXTEND", "FAIL", "FAILED_PURGE", "FAILED_REQUEUE", "LIST_WORKERS",
+    "ACK", "CANCEL", "CLAIM", "ENQUEUE", "EXTEND", "FAIL", "FAILED_PURGE", "FAILED_REQUEUE", "LIST_WORKERS",
     "MAX_CLAIM", "PURGE", "REGISTER_WORKER", "RELEASE", "SCRIPTS", "STORE_RESULT", "Script",
     "command", "load_commands",
 ]  # fmt: skip

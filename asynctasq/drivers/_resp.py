@@ -31,7 +31,7 @@ import ssl
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -202,7 +202,9 @@ def parse_url(url: str, password: str | None = None, db: int | None = None) -> E
 class RespProtocol(asyncio.Protocol):
     """One connection. ``pending`` holds (future, n) per request in send order: n == 0 is one
     command whose future gets its reply, n > 0 a batch whose future gets the list of n replies
-    (error replies stay in it as ``hiredis.ReplyError``)."""
+    (error replies stay in it as ``hiredis.ReplyError``). ``orphans`` maps the future of a
+    request whose caller was cancelled to a callback that still wants its reply (a claim's
+    leases, to give them back)."""
 
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
@@ -218,6 +220,7 @@ class RespProtocol(asyncio.Protocol):
         self.writable.set()
         self.watchdog: asyncio.TimerHandle | None = None
         self.outgoing: list[bytes] = []
+        self.orphans: dict[asyncio.Future[Any], Callable[[Any], None]] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -245,6 +248,10 @@ class RespProtocol(asyncio.Protocol):
             pending.popleft()
             if not fut.done():
                 fut.set_result(reply)
+            elif self.orphans:
+                adopter = self.orphans.pop(fut, None)
+                if adopter is not None:
+                    adopter(reply)
         self.progress = time.monotonic()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -257,6 +264,7 @@ class RespProtocol(asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(error)
         self.pending.clear()
+        self.orphans.clear()  # what those requests did is unknown: their leases expire
         self.partial = []
         self.outgoing = []
         self.writable.set()
@@ -398,16 +406,31 @@ class RespClient:
                 self._main = await self.open()
             return self._main
 
-    async def execute(self, packed: bytes) -> Any:
-        """One packed command on the shared connection; an error reply raises."""
+    async def execute(self, packed: bytes, orphan: Callable[[Any], None] | None = None) -> Any:
+        """One packed command on the shared connection; an error reply raises. When the caller
+        is cancelled after the command went out, ``orphan`` still gets its reply."""
         proto = self._main
         if proto is None or proto.lost is not None:
             proto = await self.main()
-        reply = await proto.send(packed, 0, self.timeout)
+        fut = proto.send(packed, 0, self.timeout)
+        try:
+            reply = await fut
+        except asyncio.CancelledError:
+            if orphan is not None:
+                if fut.cancelled():  # the reply is still to come
+                    proto.orphans[fut] = orphan
+                elif fut.done() and fut.exception() is None:  # it came as we were cancelled
+                    orphan(fut.result())
+            raise
         if isinstance(reply, hiredis.ReplyError):
             raise reply_error(reply)
         if not proto.writable.is_set():
-            await proto.writable.wait()
+            try:
+                await proto.writable.wait()
+            except asyncio.CancelledError:
+                if orphan is not None:
+                    orphan(reply)
+                raise
         return reply
 
     async def execute_many(self, packed: Sequence[bytes]) -> list[Any]:

@@ -8,7 +8,9 @@ methods below are the contract the worker and users rely on:
 
 - ``enqueue`` / ``enqueue_many``: durable when they return; ``delay`` hides a message for that
   many seconds. A message over ``max_message_bytes`` raises :class:`MessageTooLarge` before
-  anything reaches the broker.
+  anything reaches the broker, and so does a broker option (``EnqueueItem.options``, from
+  ``TaskCall.broker_options``) the driver does not list in ``broker_options``
+  (:class:`UnsupportedOperation`): an option is honoured or refused, never dropped.
 - ``dequeue(queues, limit, wait)``: up to ``limit`` messages, taken from ``queues`` in the
   order given (the first queue is drained first), waiting up to ``wait`` seconds for the first
   one without a fixed sleep loop where the broker can wake us. Each message comes back leased
@@ -72,7 +74,7 @@ _QUEUE_NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,%d}\Z" % QUEUE_NAME_MAX_LEN)
 _valid_queue_names: set[str] = set()
 
 CAPABILITIES = frozenset(
-    {"stats", "purge", "failed", "results", "workers", "control", "migrations", "fencing"}
+    {"stats", "purge", "cancel", "failed", "results", "workers", "control", "migrations", "fencing"}
 )
 """Every optional capability a driver may list."""
 
@@ -106,10 +108,19 @@ class Delivery:
     """Deliveries since the message was last written: 1 on the first."""
 
 
+BrokerOptions = tuple[tuple[str, str], ...]
+"""Per-message broker options, ``(name, value)`` pairs sorted by name (hashable, immutable)."""
+BROKER_OPTIONS = frozenset({"message_group_id", "deduplication_id"})
+"""Every per-message option some driver honours (SQS FIFO queues: both)."""
+
+
 class EnqueueItem(NamedTuple):
     queue: str
     body: bytes
     delay: float = 0.0
+    options: BrokerOptions = ()
+    """Broker options of this message (``TaskCall.broker_options``); a driver refuses any it
+    does not list in ``BaseDriver.broker_options``."""
 
 
 class QueueStats(TypedDict):
@@ -159,10 +170,19 @@ class BaseDriver(ABC):
     capabilities: ClassVar[frozenset[str]] = frozenset()
     default_max_message_bytes: ClassVar[int] = DEFAULT_MAX_MESSAGE_BYTES
     """The driver's own limit; the broker's where it is lower than ours."""
+    broker_options: ClassVar[frozenset[str]] = frozenset()
+    """The per-message options (``EnqueueItem.options``) this driver honours; an item with any
+    other is refused with :class:`UnsupportedOperation` before anything reaches the broker."""
     signals_persist: ClassVar[bool] = False
     """True when the broker keeps a wake-up until a waiter takes it (Redis wake lists, an SQS
     long poll, a consumer's buffer), so a wait need not repeat the claim it follows; False
     when wake-ups come through the in-process hub, which keeps none."""
+    shield_claims: ClassVar[bool] = True
+    """True: ``_claim`` runs in a task of its own, to its end even when the caller of
+    ``dequeue`` is cancelled meanwhile, and what it leased is given back (safe for any client
+    library, at the cost of a task and a loop iteration per claim). False: the driver's
+    ``_claim`` runs in the caller's task and gives back by itself what it leased when it is
+    cancelled (``_unlease_soon``), as the memory, SQLite and Redis drivers do."""
 
     def __init__(
         self, *, lease_seconds: float = DEFAULT_LEASE_S, max_message_bytes: int | None = None
@@ -245,13 +265,30 @@ class BaseDriver(ABC):
         if len(body) > self.max_message_bytes:
             raise MessageTooLarge(len(body), self.max_message_bytes, self.name)
 
-    async def enqueue(self, queue: str, body: bytes, delay: float = 0.0) -> str:
+    def check_options(self, queue: str, options: BrokerOptions) -> None:
+        """Raise unless this driver honours every one of ``options`` for ``queue``; a driver
+        that takes some overrides it to check their values too."""
+        unknown = sorted({name for name, _ in options} - self.broker_options)
+        if unknown:
+            raise UnsupportedOperation(
+                f"the {self.name} driver does not support the broker option(s) {', '.join(unknown)} "
+                "(SQS FIFO queues take message_group_id and deduplication_id): drop them from the dispatch"
+            )
+
+    async def enqueue(
+        self, queue: str, body: bytes, delay: float = 0.0, *, options: BrokerOptions = ()
+    ) -> str:
         """Store one message; return the driver's id for it."""
-        validate_queue_name(queue)
-        self.check_message(body)
-        msg_id = await self._enqueue(EnqueueItem(queue, body, max(float(delay), 0.0)))
-        if self.hub:
-            self.wake_queues((queue,))
+        if queue not in _valid_queue_names:
+            validate_queue_name(queue)
+        if len(body) > self.max_message_bytes:
+            self.check_message(body)
+        if options:
+            self.check_options(queue, options)
+        msg_id = await self._enqueue(EnqueueItem(queue, body, float(delay) if delay > 0 else 0.0, options))
+        hub = self._hub if self._hub is not None else self.hub
+        if hub:
+            hub.wake([queue_key(queue)])
         return msg_id
 
     async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[str]:
@@ -264,6 +301,8 @@ class BaseDriver(ABC):
             validate_queue_name(item.queue)
             if len(item.body) > limit:
                 self.check_message(item.body)
+            if item.options:
+                self.check_options(item.queue, item.options)
             negative = negative or item.delay < 0
         checked = [i._replace(delay=max(i.delay, 0.0)) for i in items] if negative else items
         ids = await self._enqueue_many(checked)
@@ -279,11 +318,12 @@ class BaseDriver(ABC):
             names = list(dict.fromkeys(validate_queue_name(q) for q in queues))
         if limit <= 0 or not names:
             return []
-        got = await self._claim_or_give_back(names, limit)
+        claim = self._claim_or_give_back if self.shield_claims else self._claim
+        got = await claim(names, limit)
         if got or wait <= 0:
             return got  # the busy path: no waiter to register
         return await self._wait_for(
-            lambda: self._claim_or_give_back(names, limit),
+            lambda: claim(names, limit),
             [queue_key(q) for q in names],
             names,
             wait,
@@ -307,8 +347,17 @@ class BaseDriver(ABC):
         except (AsyncTasQError, OSError, asyncio.CancelledError):
             return
         if deliveries:
-            await self._unlease(deliveries)
-            self.wake_queues({d.queue for d in deliveries})
+            await self._unlease_and_wake(deliveries)
+
+    async def _unlease_and_wake(self, deliveries: Sequence[Delivery]) -> None:
+        await self._unlease(deliveries)
+        self.wake_queues({d.queue for d in deliveries})
+
+    def _unlease_soon(self, deliveries: Sequence[Delivery]) -> None:
+        """Give back, uncounted and in the background, what a claim leased for a caller that
+        was cancelled (for drivers whose ``_claim`` runs unshielded)."""
+        if deliveries:
+            self._in_background(self._unlease_and_wake(list(deliveries)))
 
     async def _unlease(self, deliveries: Sequence[Delivery]) -> None:
         """Give back deliveries nobody got, uncounted; override with one batch statement."""
@@ -463,9 +512,37 @@ class BaseDriver(ABC):
     async def stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
         raise self._unsupported("queue stats")
 
+    async def peek(self, queue: str, limit: int = 100) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` messages of ``queue`` still waiting (ready, then delayed), as
+        ``(message id, body)``, without leasing them: for finding a task by its id
+        (``asynctasq cancel TASK_ID``). Drivers with the ``cancel`` capability have it."""
+        raise self._unsupported("looking at waiting messages")
+
+    async def maintain(self) -> None:  # noqa: B027 - optional hook
+        """Clean-up the broker does not do by itself (expired results, failed entries past
+        their retention); workers call it every ``--maintenance-interval`` seconds. Leases
+        need none: an expired one is simply claimable again."""
+
+    async def oldest_waiting(self, queues: Sequence[str]) -> dict[str, float | None]:
+        """Seconds the longest-waiting ready message of each queue has been ready (None: none
+        is ready), for ``asynctasq info``; ``UnsupportedOperation`` where the broker cannot say."""
+        raise self._unsupported("the age of the oldest waiting message")
+
+    async def list_queues(self) -> list[str]:
+        """The broker's queues, sorted (for ``asynctasq info``): those holding a message or a
+        failed entry (Redis: every queue used under the prefix); ``UnsupportedOperation``
+        where the broker cannot list them."""
+        raise self._unsupported("listing the broker's queues")
+
     async def purge(self, queue: str) -> int:
         """Delete every ready, delayed and leased message of ``queue``."""
         raise self._unsupported("purging queues")
+
+    async def cancel(self, queue: str, message_id: str) -> bool:
+        """Delete message ``message_id`` (the id ``enqueue`` returned) of ``queue`` if it is still
+        waiting, ready or delayed (a message whose lease expired waits again); False when it is
+        leased to a consumer, already done or unknown. The ``cancel`` capability."""
+        raise self._unsupported("cancelling a waiting message")
 
     async def failed_list(self, queue: str | None = None, limit: int = 100) -> list[FailedEntry]:
         raise self._unsupported("the failed registry")

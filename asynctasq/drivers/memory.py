@@ -27,6 +27,7 @@ from asynctasq.drivers.base import (
     FailedEntry,
     QueueStats,
     WorkerInfo,
+    validate_queue_name,
 )
 
 
@@ -39,6 +40,7 @@ class _Message:
     token: str = ""
     state: str = "ready"  # ready | delayed | leased
     due: float = 0.0  # delayed: visible at; leased: lease expiry (monotonic)
+    ready_since: float = 0.0  # when it last became ready (monotonic)
 
 
 @dataclass
@@ -61,8 +63,9 @@ TIMER_SLACK = 1000
 class MemoryDriver(BaseDriver):
     name = "memory"
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"stats", "failed", "results", "workers", "control", "purge", "fencing"}
+        {"stats", "failed", "results", "workers", "control", "purge", "cancel", "fencing"}
     )
+    shield_claims = False  # a claim never waits: it cannot be cancelled half-way
 
     def __init__(
         self,
@@ -115,6 +118,7 @@ class MemoryDriver(BaseDriver):
 
     def _make_ready(self, msg: _Message) -> None:
         msg.state = "ready"
+        msg.ready_since = time.monotonic()
         msg.token = ""
         self._s.ready.setdefault(msg.queue, deque()).append(msg.id)
 
@@ -237,6 +241,37 @@ class MemoryDriver(BaseDriver):
             if entry["queue"] in out:
                 out[entry["queue"]]["failed"] += 1
         return out
+
+    async def peek(self, queue: str, limit: int = 100) -> list[tuple[str, bytes]]:
+        validate_queue_name(queue)
+        self._run_timers(time.monotonic())
+        waiting = [m for m in self._s.messages.values() if m.queue == queue and m.state != "leased"]
+        waiting.sort(key=lambda m: (m.state != "ready", m.due))
+        return [(m.id, m.body) for m in waiting[:limit]]
+
+    async def oldest_waiting(self, queues: Sequence[str]) -> dict[str, float | None]:
+        now = time.monotonic()
+        self._run_timers(now)
+        out: dict[str, float | None] = {q: None for q in queues}
+        for msg in self._s.messages.values():
+            if msg.state == "ready" and msg.queue in out:
+                age = now - msg.ready_since
+                current = out[msg.queue]
+                out[msg.queue] = age if current is None else max(current, age)
+        return out
+
+    async def list_queues(self) -> list[str]:
+        names = {m.queue for m in self._s.messages.values()} | {e["queue"] for e in self._s.failed.values()}
+        return sorted(names)
+
+    async def cancel(self, queue: str, message_id: str) -> bool:
+        validate_queue_name(queue)
+        self._run_timers(time.monotonic())  # an expired lease waits again
+        msg = self._s.messages.get(message_id)
+        if msg is None or msg.queue != queue or msg.state == "leased":
+            return False
+        del self._s.messages[message_id]  # its ready entry and timer are skipped as stale
+        return True
 
     async def purge(self, queue: str) -> int:
         doomed = [m.id for m in self._s.messages.values() if m.queue == queue]

@@ -24,7 +24,7 @@ form. In short:
   is the fastest (a one-statement ``UPDATE`` joined to a ``SKIP LOCKED`` derived table, read
   back by the index, costs one round trip but 1.5x the server time: docs/drivers/mysql.md).
   A token is a fresh random number XOR the row id, so it differs for every delivery. Several
-  queues are one ``UNION ALL`` of per-queue parts, in the order given.
+  queues are one locking ``SELECT`` per queue in the same round trip, in the order given.
 - Sessions run at READ COMMITTED (no gap locks, so inserts never wait on a claim) in UTC.
   Errors 1213 (deadlock) and 1205 (lock wait timeout) roll the transaction back and are
   retried a few times with jitter; a rolled-back claim claimed nothing, so no task is claimed
@@ -302,13 +302,15 @@ class MySQLDriver(BaseDriver):
             off: a waiting dequeue then wakes only for producers in this process and for the
             delayed messages and leases it saw falling due.
         reconnect_timeout_s: how long an operation retries a lost server before it raises.
-        connect_timeout_s: how long ``connect()`` retries a server that is not up yet.
+        connect_timeout_s: how long one connection attempt (TCP and handshake) may take.
+            ``connect()`` tries once: a server that is not there is a ``BrokerUnavailable``
+            at once; only connections lost after that are retried (``reconnect_timeout_s``).
         failed_retention_s: failed entries older than this are deleted (0 keeps them).
     """
 
     name = "mysql"
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"stats", "purge", "failed", "results", "workers", "control", "migrations", "fencing"}
+        {"stats", "purge", "cancel", "failed", "results", "workers", "control", "migrations", "fencing"}
     )
 
     def __init__(
@@ -395,7 +397,7 @@ class MySQLDriver(BaseDriver):
 
     def _connect_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self._options)
-        kwargs.setdefault("connect_timeout", min(self.connect_timeout_s, 10.0))
+        kwargs.setdefault("connect_timeout", self.connect_timeout_s)
         kwargs.update(autocommit=True, cursorclass=_QuietCursor, client_flag=_CLIENT_FOUND_ROWS)
         return kwargs
 
@@ -417,20 +419,24 @@ class MySQLDriver(BaseDriver):
             if self._pool is not None:
                 return
             self._closed = False
-            init = await self._reconnect.run(self._prepare, timeout_s=self.connect_timeout_s)
-            kwargs = self._connect_kwargs()
-
-            async def create() -> Any:
+            # one attempt: a server that is not there is one clear error now (the reconnect
+            # with backoff is for connections lost after this one existed)
+            try:
+                init = await self._prepare()
                 try:
-                    return await aiomysql.create_pool(
-                        minsize=self.min_pool_size, maxsize=self.max_pool_size, init_command=init, **kwargs
+                    pool = await aiomysql.create_pool(
+                        minsize=self.min_pool_size,
+                        maxsize=self.max_pool_size,
+                        init_command=init,
+                        **self._connect_kwargs(),
                     )
                 except aiomysql.MySQLError as exc:
                     raise self._translate(exc) from None
                 except (OSError, TimeoutError) as exc:
                     raise _Lost(one_line(exc)) from None
-
-            self._pool = await self._reconnect.run(create, timeout_s=self.connect_timeout_s)
+            except _Lost as exc:
+                raise self._reconnect.unavailable(exc) from None
+            self._pool = pool
 
     async def _prepare(self) -> str:
         """Check the server and the schema (creating it in an empty database); return the
@@ -440,10 +446,8 @@ class MySQLDriver(BaseDriver):
             async with conn.cursor() as cur:
                 await cur.execute("SELECT VERSION(), @@max_allowed_packet")
                 version, packet = (await cur.fetchall())[0]
-                self.flavor = check_server_version(str(version))
-                self.server_version = str(version)
+                self._use_server(str(version))
                 self.max_allowed_packet = int(packet)
-                self._returning = self.flavor == "MariaDB"
                 try:  # MySQL 8 and MariaDB >= 11.1; older MariaDB only has tx_isolation
                     await cur.execute("SELECT @@SESSION.transaction_isolation")
                     await cur.fetchall()
@@ -463,6 +467,14 @@ class MySQLDriver(BaseDriver):
             f"SET SESSION {isolation} = 'READ-COMMITTED', time_zone = '+00:00', "
             f"innodb_lock_wait_timeout = {LOCK_WAIT_TIMEOUT_S}"
         )
+
+    def _use_server(self, version: str) -> None:
+        """Check the server's ``VERSION()`` and pick the statements for it: MariaDB's
+        ``DELETE/INSERT ... RETURNING``, or MySQL's locking ``SELECT`` first (MySQL has no
+        ``RETURNING``). Every other statement is the same on both."""
+        self.flavor = check_server_version(version)
+        self.server_version = version
+        self._returning = self.flavor == "MariaDB"
 
     async def disconnect(self) -> None:
         await self._settle_background()
@@ -624,7 +636,7 @@ class MySQLDriver(BaseDriver):
         """Create or upgrade the tables up to ``target`` (default: the latest), under the
         database's ``GET_LOCK``; return the steps applied. Needs no ``connect()`` first."""
 
-        async def op() -> list[str]:
+        try:
             conn = await self._open_one()
             try:
                 async with conn.cursor() as cur:
@@ -635,8 +647,8 @@ class MySQLDriver(BaseDriver):
                 raise self._translate(exc) from None
             finally:
                 conn.close()
-
-        return await self._reconnect.run(op, timeout_s=self.connect_timeout_s)
+        except _Lost as exc:  # one attempt, as connect()
+            raise self._reconnect.unavailable(exc) from None
 
     async def drop_tables(self) -> None:
         """Drop every table of this driver's ``table`` (tests, benchmarks); the data is gone."""
@@ -722,20 +734,26 @@ class MySQLDriver(BaseDriver):
     # -- claim -----------------------------------------------------------------------------
 
     def _pick_statement(self, n: int) -> str:
+        """``START TRANSACTION`` and one locking ``SELECT`` per queue, in the queues' order.
+        Plain statements rather than a ``UNION`` of locking parts: a locking clause inside a
+        union member is MariaDB syntax that MySQL 8 only parses in some versions."""
         sql = self._claim_sql.get(n)
         if sql is None:
             pick = (
-                "SELECT id, queue, body, deliveries{rank} FROM " + self._t + " "
+                f"SELECT id, queue, body, deliveries FROM {self._t} "
                 "WHERE queue = %s AND due <= UTC_TIMESTAMP(6) "
                 "ORDER BY due, id LIMIT %s FOR UPDATE SKIP LOCKED"
             )
-            if n == 1:
-                chosen = pick.format(rank="")
-            else:
-                parts = [f"({pick.format(rank=f', {i} AS rk, due AS d')})" for i in range(n)]
-                chosen = " UNION ALL ".join(parts) + " ORDER BY rk, d, id LIMIT %s"
-            sql = self._claim_sql[n] = "START TRANSACTION; " + chosen
+            sql = self._claim_sql[n] = "START TRANSACTION; " + "; ".join([pick] * n)
         return sql
+
+    async def dequeue(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:
+        """As on every driver. A dequeue that does not wait claims what is ready now; a waiting
+        one may start from the last probe's answer while it is current (within the poll
+        interval), since its wait probes anyway: that keeps an idle worker's loop read-only."""
+        if wait <= 0:
+            self._maybe_empty = False  # rows other processes made ready since the last probe
+        return await super().dequeue(queues, limit, wait)
 
     async def _claim(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         """Two round trips on one connection: lock up to ``limit`` claimable rows, skipping
@@ -746,8 +764,6 @@ class MySQLDriver(BaseDriver):
         args: list[Any] = []
         for q in queues:
             args += (q, limit)
-        if len(queues) > 1:
-            args.append(limit)
         pick = self._pick_statement(len(queues))
         if self._maybe_empty and not self._due(await self._next_due_cached(queues)):
             return []  # idle: a read-only probe at the poll interval, no transaction
@@ -755,7 +771,9 @@ class MySQLDriver(BaseDriver):
         async def op(conn: Any) -> list[Any]:
             async with conn.cursor() as cur:
                 await cur.execute(pick, args)
-                rows = (await _results(cur))[-1][1]
+                # the first queue's rows first; rows past the limit stay unleased (their locks
+                # end with this transaction)
+                rows = [row for _, part in (await _results(cur))[1:] for row in part][:limit]
                 if not rows:
                     await cur.execute("COMMIT; " + self._probe_statement(len(queues)), list(queues))
                     self._probe_seen(queues, _seconds((await _results(cur))[-1][1]))
@@ -963,6 +981,21 @@ class MySQLDriver(BaseDriver):
         await self._sweep()
         return bool(results[-2][0] == 1)
 
+    async def peek(self, queue: str, limit: int = 100) -> list[tuple[str, bytes]]:
+        validate_queue_name(queue)
+        rows = (
+            await self._query(
+                f"SELECT id, body FROM {self._t} WHERE queue = %s "
+                "AND (token IS NULL OR due <= UTC_TIMESTAMP(6)) ORDER BY due, id LIMIT %s",
+                [queue, int(limit)],
+            )
+        )[0][1]
+        return [(str(r[0]), bytes(r[1])) for r in rows]
+
+    async def maintain(self) -> None:
+        self._next_cleanup = 0.0
+        await self._sweep()
+
     async def _sweep(self) -> None:
         """Now and then: delete expired results and failed entries past their retention."""
         now = time.monotonic()
@@ -1000,6 +1033,49 @@ class MySQLDriver(BaseDriver):
         for queue, count in results[2][1]:
             out[queue]["failed"] = int(count)
         return out
+
+    async def cancel(self, queue: str, message_id: str) -> bool:
+        validate_queue_name(queue)
+        ids = int_ids([message_id])
+        if not ids:
+            return False
+        # by primary key (the claim's lock order); a live lease keeps the row
+        done = await self._query(
+            f"DELETE FROM {self._t} WHERE id = %s AND queue = %s "
+            "AND (token IS NULL OR due <= UTC_TIMESTAMP(6))",
+            [ids[0], queue],
+        )
+        return done[0][0] == 1
+
+    async def oldest_waiting(self, queues: Sequence[str]) -> dict[str, float | None]:
+        names = list(dict.fromkeys(validate_queue_name(q) for q in queues))
+        out: dict[str, float | None] = {q: None for q in names}
+        if not names:
+            return out
+        results = await self._query(
+            "SET @asynctasq_now := UTC_TIMESTAMP(6); "
+            + " UNION ALL ".join(
+                [
+                    "SELECT %s, TIMESTAMPDIFF(MICROSECOND, "
+                    f"(SELECT MIN(due) FROM {self._t} WHERE queue = %s AND due <= @asynctasq_now), "
+                    "@asynctasq_now)"
+                ]
+                * len(names)
+            ),
+            [x for q in names for x in (q, q)],
+        )
+        for queue, micros in results[1][1]:
+            out[str(queue)] = None if micros is None else max(int(micros) / 1e6, 0.0)
+        return out
+
+    async def list_queues(self) -> list[str]:
+        rows = (
+            await self._query(
+                f"SELECT DISTINCT queue FROM {self._t} "
+                f"UNION SELECT DISTINCT queue FROM `{self.table}_failed` ORDER BY 1"
+            )
+        )[0][1]
+        return [str(r[0]) for r in rows]
 
     async def purge(self, queue: str) -> int:
         """Delete the queue's rows in primary-key batches (never one big delete by the

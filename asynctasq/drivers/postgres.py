@@ -113,8 +113,9 @@ class PostgresDriver(BaseDriver):
 
     name = "postgres"
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"stats", "failed", "results", "workers", "control", "purge", "migrations", "fencing"}
+        {"stats", "failed", "results", "workers", "control", "purge", "cancel", "migrations", "fencing"}
     )
+    shield_claims = False  # a cancelled claim gives back by its token (_fetch_claim)
 
     def __init__(
         self,
@@ -169,11 +170,11 @@ class PostgresDriver(BaseDriver):
         """``op(pool)``: a lost connection is retried with backoff (``Reconnect``); any other
         database error becomes a :class:`BrokerError` naming ``what`` failed."""
 
-        async def attempt() -> T:
-            return await op(self._p)
-
         try:
-            return await self._reconnect.run(attempt)
+            try:
+                return await op(self._p)  # the hot path: one try, no wrapper
+            except _LOST as exc:
+                return await self._reconnect.run(lambda: op(self._p), failed=exc)
         except asyncpg.PostgresError as exc:
             raise BrokerError(f"postgres {what} failed: {one_line(exc)}") from exc
 
@@ -401,13 +402,50 @@ class PostgresDriver(BaseDriver):
         lease = self.lease_seconds
         if len(queues) == 1:
             queue = queues[0]
-            sql = self._sql.claim_one
-            rows = await self._db("dequeue", lambda p: p.fetch(sql, queue, limit, lease, token))
+            args: tuple[Any, ...] = (self._sql.claim_one, queue, limit, lease, token)
+            rows = await self._db("dequeue", lambda p: self._fetch_claim(p, args, queues))
             return [Delivery(str(r[0]), queue, r[1], str_token, r[2]) for r in rows]
-        names = list(queues)
-        sql = self._sql.claim_many
-        rows = await self._db("dequeue", lambda p: p.fetch(sql, names, limit, lease, token))
+        args = (self._sql.claim_many, list(queues), limit, lease, token)
+        rows = await self._db("dequeue", lambda p: self._fetch_claim(p, args, queues))
         return [Delivery(str(r[0]), r[1], r[2], str_token, r[3]) for r in rows]
+
+    async def _fetch_claim(self, pool: Any, args: tuple[Any, ...], queues: Sequence[str]) -> list[Any]:
+        """``pool.fetch(*args)`` for a claim whose lease token is ``args[4]``, except that a
+        caller cancelled meanwhile leaves no lease behind: the give-back by that token runs on
+        the claim's own connection, which asyncpg holds until the cancelled statement has
+        ended, so it lands after the claim whether or not the claim committed."""
+        con = await pool.acquire()
+        try:
+            rows: list[Any] = await con.fetch(*args)
+        except asyncio.CancelledError:
+            self._in_background(self._unlease_token(pool, con, args[4], queues))
+            raise
+        except BaseException:
+            await pool.release(con)
+            raise
+        try:
+            await pool.release(con)
+        except asyncio.CancelledError:
+            self._in_background(self._unlease_token(pool, None, args[4], queues))
+            raise
+        return rows
+
+    async def _unlease_token(self, pool: Any, con: Any, token: int, queues: Sequence[str]) -> None:
+        """Give back, uncounted, what the claim of ``token`` leased (a cancelled dequeue)."""
+        sql, names = self._sql.unlease_token, list(queues)
+        try:
+            if con is None:
+                given = await pool.fetchval(sql, token, names, self.channel)
+            else:
+                try:
+                    given = await con.fetchval(sql, token, names, self.channel)
+                finally:
+                    await pool.release(con)
+        except _DB_ERRORS as exc:  # their leases expire instead
+            log.warning("could not give back what a cancelled dequeue leased: %s", one_line(exc))
+            return
+        if given:
+            self.wake_queues(queues)
 
     async def _pause(self, waiter: Waiter, queues: Sequence[str], left: float) -> None:
         """Until a NOTIFY (or an in-process wake-up), the next delayed message or lease
@@ -481,6 +519,14 @@ class PostgresDriver(BaseDriver):
             self._last_sweep = now
             await self.sweep()
 
+    async def peek(self, queue: str, limit: int = 100) -> list[tuple[str, bytes]]:
+        validate_queue_name(queue)
+        rows = await self._db("peek", lambda p: p.fetch(self._sql.peek, queue, limit))
+        return [(str(r[0]), bytes(r[1])) for r in rows]
+
+    async def maintain(self) -> None:
+        await self.sweep()
+
     async def sweep(self) -> None:
         """Retention: delete expired results and failed entries older than ``failed_retention_s``.
 
@@ -503,6 +549,23 @@ class PostgresDriver(BaseDriver):
     async def purge(self, queue: str) -> int:
         validate_queue_name(queue)
         return _count(await self._db("purge", lambda p: p.execute(self._sql.purge, queue)))
+
+    async def oldest_waiting(self, queues: Sequence[str]) -> dict[str, float | None]:
+        names = list(dict.fromkeys(validate_queue_name(q) for q in queues))
+        rows = await self._db("oldest waiting", lambda p: p.fetch(self._sql.oldest_waiting, names))
+        return {r[0]: (None if r[1] is None else max(float(r[1]), 0.0)) for r in rows}
+
+    async def list_queues(self) -> list[str]:
+        rows = await self._db("list queues", lambda p: p.fetch(self._sql.list_queues))
+        return [r[0] for r in rows]
+
+    async def cancel(self, queue: str, message_id: str) -> bool:
+        validate_queue_name(queue)
+        ids = int_ids([message_id])
+        if not ids:
+            return False
+        sql = self._sql.cancel
+        return _count(await self._db("cancel", lambda p: p.execute(sql, ids[0], queue))) == 1
 
     async def failed_list(self, queue: str | None = None, limit: int = 100) -> list[FailedEntry]:
         rows = await self._db("failed list", lambda p: p.fetch(self._sql.failed_list, queue, limit))
@@ -726,6 +789,15 @@ class _Statements:
             )
             SELECT 1 FROM u, pg_notify($5, 'q:' || u.queue)
         """
+        self.unlease_token = f"""
+            WITH u AS (
+                UPDATE {t} SET lease_token = NULL, visible_at = now(),
+                    delivery_count = greatest(delivery_count - 1, 0)
+                WHERE queue = ANY($2::text[]) AND visible_at > now() AND lease_token = $1
+                RETURNING queue
+            )
+            SELECT count(pg_notify($3, 'q:' || q)) FROM (SELECT DISTINCT queue AS q FROM u) g
+        """
         self.extend = f"""
             WITH d AS (
                 UPDATE {t} t SET visible_at = now() + {secs.format("$3")}
@@ -755,6 +827,30 @@ class _Statements:
             ) s ON true
         """
         self.purge = f"DELETE FROM {t} WHERE queue = $1"
+        self.peek = f"""
+            SELECT id, body FROM {t} WHERE queue = $1 AND (lease_token IS NULL OR visible_at <= now())
+            ORDER BY visible_at, id LIMIT $2
+        """
+        self.oldest_waiting = f"""
+            SELECT q.name, extract(epoch FROM now() - (
+                SELECT min(visible_at) FROM {t} WHERE queue = q.name AND visible_at <= now()
+            ))::float8
+            FROM unnest($1::text[]) AS q(name)
+        """
+        # a loose index scan: one probe per distinct queue, not a read of every row
+        self.list_queues = f"""
+            WITH RECURSIVE q AS (
+                (SELECT queue FROM {t} ORDER BY queue LIMIT 1)
+                UNION ALL
+                SELECT (SELECT queue FROM {t} WHERE queue > q.queue ORDER BY queue LIMIT 1) FROM q
+                WHERE q.queue IS NOT NULL
+            )
+            SELECT queue FROM q WHERE queue IS NOT NULL
+            UNION SELECT DISTINCT queue FROM {failed} ORDER BY 1
+        """
+        self.cancel = (
+            f"DELETE FROM {t} WHERE id = $1 AND queue = $2 AND (lease_token IS NULL OR visible_at <= now())"
+        )
         where_failed = "($1::bigint[] IS NULL OR id = ANY($1)) AND ($2::text IS NULL OR queue = $2)"
         self.failed_list = f"""
             SELECT id, queue, body, error, extract(epoch FROM failed_at)::float8 FROM {failed}

@@ -30,6 +30,7 @@ client is :mod:`asynctasq.drivers._resp` (docs/drivers/redis.md says why not red
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -98,7 +99,9 @@ HINT = "start Redis there or point --redis-url / ASYNCTASQ_REDIS_URL at a runnin
 class _QueueKeys:
     """The keys of one queue, grouped as each script takes them."""
 
-    __slots__ = ("ack", "claim", "enqueue", "extend", "fail", "failed_keys", "ready", "requeue", "wake")
+    __slots__ = (
+        "ack", "cancel", "claim", "enqueue", "extend", "fail", "failed_keys", "ready", "requeue", "wake"
+    )  # fmt: skip
 
     def __init__(self, prefix: str, queue: str) -> None:
         tag = f"{{{prefix}:{queue}}}"
@@ -109,6 +112,7 @@ class _QueueKeys:
         self.failed_keys = (f"{tag}:failed", f"{tag}:failed:error", f"{tag}:failed:at")
         self.claim = (ready, delayed, leased, body, count, token, wake)
         """Also the keys of release and purge."""
+        self.cancel = (ready, delayed, leased, body, count, token)
         self.enqueue = (ready, delayed, body, wake)
         self.ack = (leased, body, count, token)
         self.extend = (leased, token)
@@ -165,6 +169,14 @@ def _pairs(deliveries: Sequence[Delivery], first: Sequence[Any] = ()) -> list[An
     return args
 
 
+def _claimed(queue: str, res: list[Any]) -> list[Delivery]:
+    """The deliveries of a CLAIM script's reply: (hint, warning, then id, body, count, token)."""
+    return [
+        Delivery(res[i].decode(), queue, res[i + 1], res[i + 3].decode(), res[i + 2])
+        for i in range(2, len(res), 4)
+    ]
+
+
 class RedisDriver(BaseDriver):
     """Queues in Redis (6.2+; 7 recommended), spoken to through our own RESP client.
 
@@ -179,8 +191,9 @@ class RedisDriver(BaseDriver):
 
     name = "redis"
     signals_persist = True  # the wake lists keep a signal until a consumer BLPOPs it
+    shield_claims = False  # a cancelled claim gives back what it leased (_claim's orphan)
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"stats", "failed", "results", "workers", "control", "purge", "fencing"}
+        {"stats", "failed", "results", "workers", "control", "purge", "cancel", "fencing"}
     )
 
     def __init__(
@@ -307,13 +320,13 @@ class RedisDriver(BaseDriver):
             f"or newer and that only asynctasq writes the keys under {{{self.prefix}"
         )
 
-    async def _one_now(self, packed: bytes) -> Any:
+    async def _one_now(self, packed: bytes, orphan: Callable[[Any], None] | None = None) -> Any:
         self._check_connected()
         try:
-            return await self._client.execute(packed)
+            return await self._client.execute(packed, orphan)
         except NoScript:  # the server restarted or flushed its script cache
             await self._load_scripts()
-            return await self._client.execute(packed)
+            return await self._client.execute(packed, orphan)
 
     async def _many_now(self, commands: Sequence[bytes]) -> list[Any]:
         self._check_connected()
@@ -333,18 +346,19 @@ class RedisDriver(BaseDriver):
         self._check_connected()
         return await self._client.blocking(packed, block_s)
 
-    async def _one(self, packed: bytes) -> Any:
+    async def _one(self, packed: bytes, orphan: Callable[[Any], None] | None = None) -> Any:
         """One command, one round trip. The first try goes straight to the client (the hot
         path); a lost connection, a ``NOSCRIPT`` or a call before connect() goes on under
-        :meth:`_run`, which says what is wrong or retries with backoff."""
+        :meth:`_run`, which says what is wrong or retries with backoff. ``orphan`` gets the
+        reply of a command whose caller was cancelled after it went out."""
         if self._connected:
             try:
-                return await self._client.execute(packed)
+                return await self._client.execute(packed, orphan)
             except _SLOW_PATH:
                 pass
             except RedisError as exc:
                 raise self._broker_error(exc) from None
-        return await self._run(lambda: self._one_now(packed))
+        return await self._run(lambda: self._one_now(packed, orphan))
 
     async def _many(self, commands: Sequence[bytes]) -> list[Any]:
         """Commands in one write, one round trip (tried as :meth:`_one`)."""
@@ -403,23 +417,34 @@ class RedisDriver(BaseDriver):
         lease_ms = _ms(self.lease_seconds)
         out: list[Delivery] = []
         hint_ms = -1
-        for queue in queues:
-            qk = self._keys(queue)
-            while len(out) < limit:
-                want = min(limit - len(out), lua.MAX_CLAIM)
-                res = await self._one(lua.command(lua.CLAIM, qk.claim, (want, lease_ms, self._next_id())))
-                if res[1]:
-                    log.warning("queue %s: %s", queue, _text(res[1]).strip())
-                if len(res) == 2:
-                    if res[0] >= 0 and (hint_ms < 0 or res[0] < hint_ms):
-                        hint_ms = res[0]
+        queue = ""
+
+        def orphan(reply: Any) -> None:  # the claim in flight when the caller was cancelled
+            if isinstance(reply, list):
+                self._unlease_soon(_claimed(queue, reply))
+
+        try:
+            for queue in queues:
+                qk = self._keys(queue)
+                while len(out) < limit:
+                    want = min(limit - len(out), lua.MAX_CLAIM)
+                    res = await self._one(
+                        lua.command(lua.CLAIM, qk.claim, (want, lease_ms, self._next_id())), orphan
+                    )
+                    if res[1]:
+                        log.warning("queue %s: %s", queue, _text(res[1]).strip())
+                    if len(res) == 2:
+                        if res[0] >= 0 and (hint_ms < 0 or res[0] < hint_ms):
+                            hint_ms = res[0]
+                        break
+                    out += _claimed(queue, res)
+                    if len(res) - 2 < 4 * want:
+                        break
+                if len(out) >= limit:
                     break
-                for i in range(2, len(res), 4):
-                    out.append(Delivery(res[i].decode(), queue, res[i + 1], res[i + 3].decode(), res[i + 2]))
-                if len(res) - 2 < 4 * want:
-                    break
-            if len(out) >= limit:
-                break
+        except asyncio.CancelledError:
+            self._unlease_soon(out)  # what earlier queues gave; the one in flight: orphan()
+            raise
         if not out:
             if len(self._hints) >= MAX_HINTS:
                 self._hints.clear()
@@ -501,6 +526,26 @@ class RedisDriver(BaseDriver):
 
     async def purge(self, queue: str) -> int:
         return int(await self._one(lua.command(lua.PURGE, self._keys(queue).claim, ())))
+
+    async def list_queues(self) -> list[str]:
+        return await self._queues_for(None)  # every queue this prefix ever used
+
+    async def cancel(self, queue: str, message_id: str) -> bool:
+        return bool(await self._one(lua.command(lua.CANCEL, self._keys(queue).cancel, (message_id,))))
+
+    async def peek(self, queue: str, limit: int = 100) -> list[tuple[str, bytes]]:
+        qk = self._keys(queue)
+        if limit <= 0:
+            return []
+        ready_key, delayed_key, _, body_key = qk.cancel[:4]
+        ready, delayed = await self._many(
+            [pack(("LRANGE", ready_key, 0, limit - 1)), pack(("ZRANGE", delayed_key, 0, limit - 1))]
+        )
+        ids = [*ready, *delayed][:limit]
+        if not ids:
+            return []
+        bodies = await self._one(pack(("HMGET", body_key, *ids)))
+        return [(_text(i), b) for i, b in zip(ids, bodies, strict=True) if b is not None]
 
     async def _queues_for(self, queue: str | None) -> list[str]:
         if queue is not None:

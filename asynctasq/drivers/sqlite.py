@@ -32,6 +32,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -185,8 +186,9 @@ class SQLiteDriver(BaseDriver):
 
     name = "sqlite"
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"stats", "failed", "results", "workers", "control", "purge", "fencing"}
+        {"stats", "failed", "results", "workers", "control", "purge", "cancel", "fencing"}
     )
+    shield_claims = False  # a cancelled claim gives back by its token (_claim)
 
     def __init__(
         self,
@@ -447,7 +449,7 @@ class SQLiteDriver(BaseDriver):
                 union = " UNION ALL ".join(f"SELECT id, {i} AS rank, due FROM ({ranked})" for i in range(n))
                 chosen = f"SELECT id FROM ({union}) ORDER BY rank, due, id LIMIT ?"
             sql = (
-                "UPDATE tasks SET token = lower(hex(randomblob(16))), due = ?, deliveries = deliveries + 1 "
+                "UPDATE tasks SET token = ?, due = ?, deliveries = deliveries + 1 "
                 f"WHERE id IN ({chosen}) RETURNING id, queue, body, token, deliveries"
             )
             self._claim_sql[n] = sql
@@ -462,9 +464,11 @@ class SQLiteDriver(BaseDriver):
         return sql
 
     async def _claim(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        token = secrets.token_hex(16)  # one per claim: what a cancelled claim leased carries it
+
         async def op(conn: aiosqlite.Connection) -> list[Delivery]:
             now = time.time()
-            params: list[Any] = [now + self.lease_seconds]
+            params: list[Any] = [token, now + self.lease_seconds]
             for q in queues:
                 params += (q, now, limit)
             if len(queues) > 1:
@@ -472,7 +476,13 @@ class SQLiteDriver(BaseDriver):
             rows = await conn.execute_fetchall(self._claim_statement(len(queues)), params)
             return [Delivery(str(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
 
-        deliveries = await self._run(op)
+        try:
+            deliveries = await self._run(op)
+        except asyncio.CancelledError:
+            # the connection's thread runs statements in the order given: a give-back by the
+            # claim's token queued now runs after the claim, whether or not it had started
+            self._in_background(self._unlease_token(token, queues))
+            raise
         if len(deliveries) > 1:
             rank = {q: i for i, q in enumerate(queues)}
             deliveries.sort(key=lambda d: (rank[d.queue], int(d.id)))
@@ -557,6 +567,22 @@ class SQLiteDriver(BaseDriver):
             f"UPDATE tasks SET due = ? WHERE {_FENCE} RETURNING id, token", deliveries, (until,)
         )
 
+    async def _unlease_token(self, token: str, queues: Sequence[str]) -> None:
+        """Give back, uncounted, what the claim of ``token`` leased (a cancelled dequeue)."""
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(
+                "UPDATE tasks SET token = NULL, due = ?, deliveries = max(deliveries - 1, 0) WHERE token = ?",
+                (time.time(), token),
+            )
+            return cursor.rowcount
+
+        try:
+            if await self._run(op):
+                self.wake_queues(queues)
+        except DriverError as exc:  # their leases expire instead
+            log.warning("could not give back what a cancelled dequeue leased: %s", exc)
+
     async def _release(self, delivery: Delivery, delay: float, body: bytes | None) -> bool:
         ids = int_ids([delivery.id])
         if not ids:
@@ -640,6 +666,71 @@ class SQLiteDriver(BaseDriver):
             return (await conn.execute("DELETE FROM tasks WHERE queue = ?", (queue,))).rowcount
 
         return await self._run(op)
+
+    async def oldest_waiting(self, queues: Sequence[str]) -> dict[str, float | None]:
+        names = list(dict.fromkeys(validate_queue_name(q) for q in queues))
+        out: dict[str, float | None] = {q: None for q in names}
+
+        async def op(conn: aiosqlite.Connection) -> list[Any]:
+            now = time.time()  # one probe of the claim index per queue
+            return list(
+                await conn.execute_fetchall(
+                    " UNION ALL ".join(
+                        ["SELECT ?, ? - (SELECT min(due) FROM tasks WHERE queue = ? AND due <= ?)"]
+                        * len(names)
+                    ),
+                    [x for q in names for x in (q, now, q, now)],
+                )
+            )
+
+        if names:
+            for queue, age in await self._run(op):
+                out[queue] = None if age is None else max(float(age), 0.0)
+        return out
+
+    async def peek(self, queue: str, limit: int = 100) -> list[tuple[str, bytes]]:
+        validate_queue_name(queue)
+
+        async def op(conn: aiosqlite.Connection) -> list[Any]:
+            return list(
+                await conn.execute_fetchall(
+                    "SELECT id, body FROM tasks WHERE queue = ? AND (token IS NULL OR due <= ?) "
+                    "ORDER BY due, id LIMIT ?",
+                    (queue, time.time(), limit),
+                )
+            )
+
+        return [(str(r[0]), bytes(r[1])) for r in await self._run(op)]
+
+    async def maintain(self) -> None:
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute("DELETE FROM results WHERE expires_at <= ?", (time.time(),))
+
+        await self._run(op)
+
+    async def list_queues(self) -> list[str]:
+        async def op(conn: aiosqlite.Connection) -> list[str]:
+            rows = await conn.execute_fetchall(
+                "SELECT queue FROM tasks UNION SELECT queue FROM failed ORDER BY 1"
+            )
+            return [r[0] for r in rows]
+
+        return await self._run(op)
+
+    async def cancel(self, queue: str, message_id: str) -> bool:
+        validate_queue_name(queue)
+        ids = int_ids([message_id])
+        if not ids:
+            return False
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(
+                "DELETE FROM tasks WHERE id = ? AND queue = ? AND (token IS NULL OR due <= ?)",
+                (ids[0], queue, time.time()),
+            )
+            return cursor.rowcount
+
+        return await self._run(op) == 1
 
     # -- failed registry -------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ message is due (``atq.due``).
   a message's visibility at 12 hours from its receive, and ``extend`` says so past it.
 - ``delivery_count`` is ``ApproximateReceiveCount`` plus ``atq.n``. SQS cannot lower a receive
   count, so a give-back re-publishes the message (send first, delete after) with ``atq.n``
-  keeping the deliveries that were lost before it: a give-back costs no attempt.
+  keeping the deliveries that were lost before it: a give-back costs no attempt. Give-backs
+  asked for at the same moment (a stopping worker's running tasks) go in batches of ten.
 - Delays: ``DelaySeconds`` up to 900 s; a longer one is sent with 900 s and ``atq.due``, and a
   receive before that time re-sends it with the rest of the delay (chained, never refused).
 - Waiting: one long poll (``WaitTimeSeconds``, default 20) per queue runs in the background
@@ -25,13 +26,17 @@ message is due (``atq.due``).
 - Fencing: SQS does not refuse an outdated receipt handle for sure (AWS documents that a
   delete with one may succeed), and moto accepts any old handle, so ``fencing`` is not a
   capability. The driver refuses, on its own side, any ack/extend/release/fail of a delivery
-  whose lease ran out by its local clock (measured from before the receive, so never later
-  than SQS's), or that it acked or gave back already. A worker paused past its lease can thus
-  still delete a copy that another worker holds only if SQS takes a stale handle within the
-  moments around expiry: at-least-once, never lost.
-- FIFO queues (names ending ``.fifo``): one message group (``message_group_id``), a
-  deduplication id per send; no per-message delay there, so a delayed message is hidden by its
-  first receive until due (``atq.n`` = -1 takes that receive back).
+  whose lease ran out by its local clock, or that it acked or gave back already. That clock
+  never runs later than SQS's: a short poll's lease counts from before the request; a long
+  poll's from its answer, with the visibility asked of SQS 2 s longer than the lease (SQS
+  starts it when it hands the message out, and the answer may take that long to be read). A
+  worker paused past its lease can thus still delete a copy that another worker holds only if
+  SQS takes a stale handle within the moments around expiry: at-least-once, never lost.
+- FIFO queues (names ending ``.fifo``): the message group and deduplication id of a dispatch
+  (``TaskCall.broker_options``), else the driver's ``message_group_id`` and a deduplication id
+  per send; retries and give-backs keep the group (read back on receive). No per-message delay
+  there, so a delayed message is hidden by its first receive until due (``atq.n`` = -1 takes
+  that receive back).
 - No results, worker registry or remote commands (UnsupportedOperation).
 """
 
@@ -73,43 +78,73 @@ from asynctasq.drivers._reconnect import Reconnect, one_line
 from asynctasq.drivers._wait import Waiter
 from asynctasq.drivers.base import (
     BaseDriver,
+    BrokerOptions,
     Delivery,
     EnqueueItem,
     FailedEntry,
     QueueStats,
 )
-from asynctasq.errors import BrokerError, ConfigError, DriverNotAvailable, InvalidQueueName
+from asynctasq.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigError,
+    DriverNotAvailable,
+    InvalidQueueName,
+    UnsupportedOperation,
+)
 from asynctasq.utils.urls import redact_url
 
 try:
     import aioboto3
-    from botocore.config import Config as BotoConfig  # type: ignore[import-untyped, unused-ignore]
-    from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
+    from botocore.config import Config as BotoConfig
+    from botocore.exceptions import (
         ClientError,
         HTTPClientError,
         NoCredentialsError,
     )
-    from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
+    from botocore.exceptions import (
         ConnectionError as BotoConnectionError,
     )
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise DriverNotAvailable(f'the sqs driver needs {exc.name}: pip install "asynctasq[sqs]"') from None
 
 log = logging.getLogger("asynctasq.drivers.sqs")
+for _name in ("botocore", "aiobotocore", "boto3", "aioboto3"):
+    # botocore's DEBUG output is every request's events, headers and signature, and a traceback
+    # for each failed connection: a worker at --log-level DEBUG keeps to its own lines unless
+    # the application set these loggers' levels itself
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.INFO)
 
 _ID, _OFFSET, _DUE = "atq.id", "atq.n", "atq.due"
-_ORIGIN, _ERROR, _FAILED_AT = "atq.queue", "atq.error", "atq.at"
+_ORIGIN, _ERROR, _FAILED_AT, _GROUP = "atq.queue", "atq.error", "atq.at", "atq.group"
 _SQS_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,75}(\.fifo)?\Z")
 _FIFO = ".fifo"
 _FAILED_SUFFIX = "-failed"
 _GROUP_ID_RE = re.compile(r"[!-~]{1,128}\Z")
 _MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+_LONG_POLL_MARGIN_S = 2
+"""Seconds a long poll's messages stay invisible beyond the lease: SQS starts their visibility
+when it hands them out, somewhere in the poll, and the driver's own lease starts when the
+answer is read; this covers the answer's way back (a loaded server, a busy event loop)."""
 _RECEIVE_SLACK_S = 0.25
-"""How long before the response a long poll's messages may have been received (local lease)."""
+"""How long before the answer is read a long poll's messages are taken to have been received."""
+_CONNECT_TIMEOUT_S = 3
+_TRANSIENT_CODES = frozenset(
+    {"ThrottlingException", "RequestThrottled", "Throttling", "ServiceUnavailable", "InternalError",
+     "InternalFailure", "RequestTimeout"}
+)  # fmt: skip
+"""SQS's answers that mean "try again": retried with the reconnect policy, like a lost connection."""
+_CREDENTIAL_CODES = frozenset(
+    {"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException", "ExpiredToken",
+     "InvalidAccessKeyId", "MissingAuthenticationToken"}
+)  # fmt: skip
 _ERROR_MAX_BYTES = 8192
 _NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 """Characters SQS refuses in a message attribute."""
 _FAILED_SCAN_MAX = 100_000
+_SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount"]
+_FIFO_SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "MessageGroupId"]
 
 
 @dataclass(slots=True)
@@ -119,6 +154,8 @@ class _Lease:
     """Monotonic end of the lease as this process counts it (never later than SQS's)."""
     received: float
     """Monotonic time of the receive, for SQS's 12-hour visibility cap."""
+    group: str | None = None
+    """The message group of a FIFO queue's message: its re-sends (retry, give-back) keep it."""
 
 
 def _attr(value: str, data_type: str = "String") -> dict[str, str]:
@@ -153,18 +190,28 @@ class _MissingQueue(BrokerError):
     pass
 
 
+class _BadCredentials(BrokerError):
+    pass
+
+
+class _Transient(Exception):
+    """SQS throttled the call or failed on its side: worth repeating (one line, no secret)."""
+
+
 class SQSDriver(BaseDriver):
     """Arguments: ``region``, ``queue_url_prefix`` (``https://sqs.REGION.amazonaws.com/ACCOUNT/``,
     optionally followed by a queue name prefix), ``endpoint_url`` (moto, LocalStack),
     ``aws_access_key_id`` / ``aws_secret_access_key`` (default: the AWS credential chain),
     ``create_queues`` (create missing queues and failed queues on first use), ``message_group_id``
-    (of the messages sent to FIFO queues, names ending ``.fifo``), ``wait_time_seconds``
-    (long poll, 1-20), ``max_pool_connections``, ``reconnect_timeout``, plus ``lease_seconds``
-    and ``max_message_bytes`` (raw task-message bytes; base64 must fit SQS's 1 MiB)."""
+    (of the messages sent to FIFO queues, names ending ``.fifo``, whose dispatch names none),
+    ``wait_time_seconds`` (long poll, 1-20), ``max_pool_connections``, ``reconnect_timeout``,
+    plus ``lease_seconds`` and ``max_message_bytes`` (raw task-message bytes; base64 must fit
+    SQS's 1 MiB)."""
 
     name = "sqs"
     signals_persist = True  # the long poll in flight stays out after a dequeue returns
     capabilities: ClassVar[frozenset[str]] = frozenset({"stats", "purge", "failed"})
+    broker_options: ClassVar[frozenset[str]] = frozenset({"message_group_id", "deduplication_id"})
     default_max_message_bytes: ClassVar[int] = (SQS_MAX_MESSAGE_BYTES - SQS_ATTRIBUTES_RESERVE_BYTES) * 3 // 4
 
     def __init__(
@@ -207,11 +254,14 @@ class SQSDriver(BaseDriver):
         self._secret = aws_secret_access_key
         self._name_prefix, self._account = self._parse_prefix(queue_url_prefix)
         self._visibility = max(1, math.ceil(self.lease_seconds))
+        self._reached = False
+        """Whether SQS has answered this driver: until then a connection error is reported at
+        once (an endpoint that was never reachable), after it the reconnect policy applies."""
         where = f"SQS at {redact_url(endpoint_url)}" if endpoint_url else f"SQS in {self.region}"
         self._reconnect = Reconnect(
             where,
             "check the network and --sqs-region / --sqs-endpoint-url",
-            (HTTPClientError, BotoConnectionError),
+            (HTTPClientError, BotoConnectionError, _Transient),
             timeout_s=reconnect_timeout,
             secret=aws_secret_access_key,
         )
@@ -225,6 +275,7 @@ class SQSDriver(BaseDriver):
         self._polls: dict[str, asyncio.Task[None]] = {}
         self._poll_size = 1
         self._demand: dict[str, float] = {}
+        self._give_backs: list[tuple[Delivery, asyncio.Future[bool]]] = []
         self._closing = False
 
     @staticmethod
@@ -281,23 +332,49 @@ class SQSDriver(BaseDriver):
             aws_secret_access_key=self._secret,
             region_name=self.region,
         )
+        # one attempt per call: lost connections and throttling are retried by self._reconnect,
+        # which resumes within RECONNECT_MAX_DELAY_S of the endpoint's return and gives up after
+        # reconnect_timeout (botocore's own backoff would add up to seconds to both)
         config = BotoConfig(
-            connect_timeout=5,
+            connect_timeout=_CONNECT_TIMEOUT_S,
             read_timeout=self.wait_time_seconds + 15,
             max_pool_connections=self.max_pool_connections,
-            retries={"total_max_attempts": 3, "mode": "standard"},
+            retries={"total_max_attempts": 1, "mode": "standard"},
         )
         stack = AsyncExitStack()
         self._client = await stack.enter_async_context(
             session.client("sqs", endpoint_url=self.endpoint_url, config=config)
         )
         self._stack = stack
+        try:
+            await self._probe()
+        except BaseException:
+            self._stack, self._client = None, None
+            await stack.aclose()
+            raise
+
+    async def _probe(self) -> None:
+        """One ``ListQueues`` call: an endpoint that cannot be reached, or credentials SQS does
+        not know, fail ``connect()`` in one line (as a database driver's would), not the first
+        dispatch after a minute of retries. Any other answer, AccessDenied included, shows SQS
+        is there (the driver needs no ListQueues permission)."""
+        try:
+            params: dict[str, Any] = {"MaxResults": 1}
+            if self._name_prefix:
+                params["QueueNamePrefix"] = self._name_prefix
+            await self._call("list_queues", **params)
+        except (BrokerUnavailable, _BadCredentials):
+            raise
+        except BrokerError:
+            pass  # SQS answered: not allowed to list queues, which the driver needs not
+        self._reached = True
 
     async def disconnect(self) -> None:
         if self._client is None:
             return
         self._closing = True
         self.hub.wake_all()  # blocked dequeues find it closed
+        await self._settle_background()  # give-backs in flight
         polls = list(self._polls.values())
         self._polls.clear()
         for poll in polls:
@@ -325,12 +402,23 @@ class SQSDriver(BaseDriver):
         return self._client
 
     async def _call(self, op: str, *, retry: bool = True, **params: Any) -> dict[str, Any]:
+        """One SQS call; with ``retry``, repeated through an outage by the reconnect policy (once
+        SQS has answered this driver: an endpoint never reached fails at once)."""
         method: Callable[..., Awaitable[dict[str, Any]]] = getattr(self._require_client(), op)
+
+        async def once() -> dict[str, Any]:
+            try:
+                return await method(**params)
+            except ClientError as exc:
+                error = exc.response.get("Error", {})
+                status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+                if error.get("Code") in _TRANSIENT_CODES or status >= 500:
+                    raise _Transient(f"{error.get('Code', status)}: {error.get('Message', '')}") from None
+                raise
+
         try:
             try:
-                if retry:
-                    return await self._reconnect.run(lambda: method(**params))
-                return await method(**params)
+                result = await self._attempt(once, retry)
             except ClientError as exc:
                 error = self._client_error(exc, op, params.get("QueueUrl"))
                 if not isinstance(error, _MissingQueue) or "QueueUrl" not in params:
@@ -338,16 +426,28 @@ class SQSDriver(BaseDriver):
                 if not self.create_queues:
                     self._forget_url(str(params["QueueUrl"]))
                     raise error from None
-            # the queue went away (deleted, or a test server restarted): create it again, retry once
-            params["QueueUrl"] = await self._recreate(str(params["QueueUrl"]))
-            return await self._reconnect.run(lambda: method(**params))
+                # the queue went away (deleted, or a test server restarted): create it, retry once
+                params["QueueUrl"] = await self._recreate(str(params["QueueUrl"]))
+                result = await self._attempt(once, retry)
         except ClientError as exc:
             raise self._client_error(exc, op, params.get("QueueUrl")) from None
         except NoCredentialsError:
-            raise BrokerError(
+            raise _BadCredentials(
                 "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile "
                 "(AWS_PROFILE), an instance role, or --aws-access-key-id/--aws-secret-access-key"
             ) from None
+        self._reached = True
+        return result
+
+    async def _attempt(self, once: Callable[[], Awaitable[dict[str, Any]]], retry: bool) -> dict[str, Any]:
+        if retry and self._reached:
+            return await self._reconnect.run(once)
+        try:
+            return await once()
+        except self._reconnect.retryable as exc:
+            if self._reached:
+                raise  # a background call: its caller tries again later
+            raise self._reconnect.unavailable(exc) from None
 
     def _forget_url(self, url: str) -> None:
         for cache in (self._urls, self._failed_urls):
@@ -372,7 +472,12 @@ class SQSDriver(BaseDriver):
             return _MissingQueue(
                 f"SQS queue {url or '?'} does not exist: create it, or turn on --sqs-create-queues"
             )
-        if code in ("AccessDenied", "AccessDeniedException", "InvalidClientTokenId", "SignatureDoesNotMatch"):
+        if code in _CREDENTIAL_CODES:
+            return _BadCredentials(
+                f"SQS does not accept the AWS credentials ({code}: {message}): check the access key "
+                "and secret (or the profile, role or environment they come from)"
+            )
+        if code in ("AccessDenied", "AccessDeniedException"):
             return BrokerError(
                 f"SQS refused {op} ({code}: {message}): check the credentials and that the IAM policy "
                 "allows it (docs/drivers/sqs.md)"
@@ -452,6 +557,7 @@ class SQSDriver(BaseDriver):
         delay: float,
         offset: int = 0,
         extra: dict[str, str] | None = None,
+        group: str | None = None,
     ) -> dict[str, Any]:
         attrs = {_ID: _attr(msg_id)}
         if offset > 0:
@@ -462,17 +568,21 @@ class SQSDriver(BaseDriver):
             seconds = SQS_MAX_DELAY_S
         for name, value in (extra or {}).items():
             attrs[name] = _attr(value)
-        return {
+        entry = {
             "Id": str(index),
             "MessageBody": base64.b64encode(body).decode("ascii"),
             "MessageAttributes": attrs,
             "DelaySeconds": seconds,
         }
+        if group is not None:
+            entry["MessageGroupId"] = group
+        return entry
 
     def _fifo_entry(self, entry: dict[str, Any]) -> dict[str, Any]:
         """A FIFO queue takes no per-message delay: the due time goes in ``atq.due`` and the
         first receive hides the message until then (one receive more: ``atq.n`` takes it back).
-        Every send gets its own deduplication id (a botocore retry of the same request reuses it)."""
+        A send without the dispatch's own deduplication id gets one of its own (a retry of the
+        same request reuses it, so SQS stores it once)."""
         attrs = entry["MessageAttributes"]
         seconds = entry.pop("DelaySeconds")
         if seconds > 0 and _DUE not in attrs:
@@ -481,7 +591,7 @@ class SQSDriver(BaseDriver):
             offset = int(attrs.get(_OFFSET, {}).get("StringValue", 0)) - 1
             attrs[_OFFSET] = _attr(str(offset), "Number")
         entry.setdefault("MessageGroupId", self.message_group_id)
-        entry["MessageDeduplicationId"] = uuid.uuid4().hex
+        entry.setdefault("MessageDeduplicationId", uuid.uuid4().hex)
         return entry
 
     async def _send(self, url: str, entries: Sequence[dict[str, Any]]) -> None:
@@ -539,8 +649,8 @@ class SQSDriver(BaseDriver):
                 ],
             )
             done.update(batch[int(ok["Id"])] for ok in result.get("Successful", []))
-            for bad in result.get("Failed", []):
-                log.warning("SQS would not extend a lease (%s: %s)", bad.get("Code"), bad.get("Message"))
+            for bad in result.get("Failed", []):  # acked meanwhile, or lost: the caller says which
+                log.debug("SQS would not extend a lease (%s: %s)", bad.get("Code"), bad.get("Message"))
 
         await asyncio.gather(*(one(i) for i in range(0, len(handles), SQS_MAX_BATCH)))
         return done
@@ -562,11 +672,31 @@ class SQSDriver(BaseDriver):
 
     # -- contract --------------------------------------------------------------------------
 
+    def check_options(self, queue: str, options: BrokerOptions) -> None:
+        """``message_group_id`` and ``deduplication_id`` on FIFO queues only, each 1-128
+        letters, digits and punctuation (SQS's rule for both)."""
+        super().check_options(queue, options)
+        if not queue.endswith(_FIFO):
+            names = " and ".join(name for name, _ in options)
+            raise UnsupportedOperation(
+                f"{names} need an SQS FIFO queue (a name ending .fifo); {queue!r} is a standard "
+                "queue: dispatch to a .fifo queue, or drop the option"
+            )
+        for name, value in options:
+            if not _GROUP_ID_RE.match(value):
+                raise ConfigError(
+                    f"{name} {value[:140]!r} is not one SQS takes: use 1-128 letters, digits and "
+                    "punctuation (!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~), no spaces"
+                )
+
     async def _enqueue_many(self, items: Sequence[EnqueueItem]) -> list[str]:
         ids = [uuid.uuid4().hex for _ in items]
         by_queue: dict[str, list[dict[str, Any]]] = {}
         for i, (item, msg_id) in enumerate(zip(items, ids, strict=True)):
-            by_queue.setdefault(item.queue, []).append(self._entry(i, msg_id, item.body, item.delay))
+            entry = self._entry(i, msg_id, item.body, item.delay)
+            for name, value in item.options:  # checked by enqueue: FIFO queues only
+                entry["MessageGroupId" if name == "message_group_id" else "MessageDeduplicationId"] = value
+            by_queue.setdefault(item.queue, []).append(entry)
         urls = await asyncio.gather(*(self._url(q) for q in by_queue))
         await asyncio.gather(
             *(self._send(url, entries) for url, entries in zip(urls, by_queue.values(), strict=True))
@@ -579,6 +709,10 @@ class SQSDriver(BaseDriver):
         """One ReceiveMessage; the deliveries (chained delays re-sent, not returned) and how
         many messages SQS handed over."""
         url = await self._url(queue)
+        fifo = url.endswith(_FIFO)
+        margin = _LONG_POLL_MARGIN_S if wait else 0
+        visibility = min(SQS_MAX_VISIBILITY_S, self._visibility + margin)
+        lease_s = min(self.lease_seconds, visibility - margin)  # SQS's 12-hour cap takes the margin
         sent = time.monotonic()
         result = await self._call(
             "receive_message",
@@ -586,19 +720,31 @@ class SQSDriver(BaseDriver):
             QueueUrl=url,
             MaxNumberOfMessages=count,
             WaitTimeSeconds=wait,
-            VisibilityTimeout=self._visibility,
+            VisibilityTimeout=visibility,
             MessageAttributeNames=["atq.*"],
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            MessageSystemAttributeNames=_FIFO_SYSTEM_ATTRIBUTES if fifo else _SYSTEM_ATTRIBUTES,
         )
         arrived = time.monotonic()
         messages = result.get("Messages") or []
-        received = max(sent, arrived - _RECEIVE_SLACK_S)
+        # the local lease never outlasts SQS's visibility: a short poll's messages were received
+        # after `sent`; a long poll's anywhere in it, their visibility longer by the margin
+        received = max(sent, arrived - _RECEIVE_SLACK_S) if wait else sent
         deliveries: list[Delivery] = []
         chained: list[tuple[dict[str, Any], Delivery]] = []
         now = time.time()
         self._forget_expired()
+        if messages and received + lease_s <= arrived + _RECEIVE_SLACK_S:
+            log.warning(
+                "an SQS answer came %.1fs after its request, past the lease (%ss): its %d message(s) "
+                "come back when their visibility ends (counted as lost deliveries)",
+                arrived - sent,
+                self.lease_seconds,
+                len(messages),
+            )
+            return [], len(messages)
         for msg in messages:
-            count_seen = int(msg.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+            system = msg.get("Attributes", {})
+            count_seen = int(system.get("ApproximateReceiveCount", "1"))
             offset = int(_attr_value(msg, _OFFSET) or 0)
             handle = str(msg["ReceiptHandle"])
             delivery = Delivery(
@@ -608,7 +754,7 @@ class SQSDriver(BaseDriver):
                 handle,
                 max(1, count_seen + offset),
             )
-            self._leases[handle] = _Lease(url, received + self.lease_seconds, received)
+            self._leases[handle] = _Lease(url, received + lease_s, received, system.get("MessageGroupId"))
             due = _attr_value(msg, _DUE)
             if due is not None and float(due) - now > 0.5:
                 chained.append((msg, delivery))
@@ -634,7 +780,7 @@ class SQSDriver(BaseDriver):
         entries = []
         for i, (msg, d) in enumerate(chained):
             due = float(_attr_value(msg, _DUE) or now)
-            entries.append(self._entry(i, d.id, d.body, due - now, d.delivery_count - 1))
+            entries.append(self._entry(i, d.id, d.body, due - now, d.delivery_count - 1))  # not FIFO
         await self._send(url, entries)
         handles = [d.token for _, d in chained]
         await self._delete(url, handles)
@@ -761,29 +907,73 @@ class SQSDriver(BaseDriver):
         lease = self._held(delivery)
         if lease is None:
             return False
+        if body is None and delay == 0:
+            return await self._give_back_soon(delivery)
         if body is None:  # give-back: re-publish uncounted, keeping the deliveries lost before
-            entry = self._entry(0, delivery.id, delivery.body, delay, delivery.delivery_count - 1)
+            entry = self._entry(
+                0, delivery.id, delivery.body, delay, delivery.delivery_count - 1, group=lease.group
+            )
         else:
-            entry = self._entry(0, delivery.id, body, delay)
+            entry = self._entry(0, delivery.id, body, delay, group=lease.group)
         await self._send(lease.url, [entry])
         await self._delete(lease.url, [delivery.token])  # only after the send was confirmed
         self._leases.pop(delivery.token, None)
         return True
 
-    async def _give_back(self, deliveries: Sequence[Delivery]) -> None:
-        """Give back many at once: re-publish uncounted, then delete (prefetched messages)."""
-        by_url: dict[str, list[Delivery]] = {}
+    async def _unlease(self, deliveries: Sequence[Delivery]) -> None:
+        """What a cancelled dequeue had leased: given back in batches (2 calls per 10)."""
+        try:
+            await self._give_back(deliveries)
+        except (BrokerError, OSError) as exc:  # their leases expire instead
+            log.warning("could not give back %d message(s) of a cancelled dequeue: %s", len(deliveries), exc)
+
+    async def _give_back_soon(self, delivery: Delivery) -> bool:
+        """A give-back, sent with the others asked for at the same moment: a worker stopping
+        gives back each of its running tasks from that task, all at once, so they go in
+        batches (2 calls per 10 messages instead of 2 each), one loop turn later."""
+        done = asyncio.get_running_loop().create_future()
+        self._give_backs.append((delivery, done))
+        if len(self._give_backs) == 1:
+            self._in_background(self._flush_give_backs())
+        result: bool = await done
+        return result
+
+    async def _flush_give_backs(self) -> None:
+        await asyncio.sleep(0)  # the give-backs of this moment join the batch
+        batch, self._give_backs = self._give_backs, []
+        try:
+            given = await self._give_back([d for d, _ in batch])
+        except BaseException as exc:
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for d, done in batch:
+            if not done.done():
+                done.set_result(d.token in given)
+
+    async def _give_back(self, deliveries: Sequence[Delivery]) -> set[str]:
+        """Give back many at once: re-publish uncounted, then delete; the tokens given back."""
+        by_url: dict[str, list[tuple[Delivery, _Lease]]] = {}
         for d in deliveries:
             lease = self._held(d)
             if lease is not None:
-                by_url.setdefault(lease.url, []).append(d)
-        for url, group in by_url.items():
+                by_url.setdefault(lease.url, []).append((d, lease))
+        for url, held in by_url.items():
+            group = [d for d, _ in held]
             await self._send(
-                url, [self._entry(i, d.id, d.body, 0, d.delivery_count - 1) for i, d in enumerate(group)]
+                url,
+                [
+                    self._entry(i, d.id, d.body, 0, d.delivery_count - 1, group=lease.group)
+                    for i, (d, lease) in enumerate(held)
+                ],
             )
             await self._delete(url, [d.token for d in group])
             for d in group:
                 self._leases.pop(d.token, None)
+        return {d.token for held in by_url.values() for d, _ in held}
 
     async def _fail(self, delivery: Delivery, error: str) -> bool:
         lease = self._held(delivery)
@@ -796,7 +986,12 @@ class SQSDriver(BaseDriver):
             delivery.id,
             delivery.body,
             0,
-            extra={_ORIGIN: delivery.queue, _ERROR: error or "-", _FAILED_AT: f"{time.time():.3f}"},
+            extra={
+                _ORIGIN: delivery.queue,
+                _ERROR: error or "-",
+                _FAILED_AT: f"{time.time():.3f}",
+                **({_GROUP: lease.group} if lease.group else {}),
+            },
         )
         entry["MessageGroupId"] = delivery.id  # a FIFO failed queue: no order to keep, none blocks another
         await self._send(failed_url, [entry])
@@ -863,9 +1058,10 @@ class SQSDriver(BaseDriver):
                 self._failed_origin.setdefault(url, origin)
         return list(dict.fromkeys(urls + list(self._failed_urls.values())))
 
-    async def _scan(self, url: str, limit: int) -> list[tuple[FailedEntry, str]]:
-        """Receive up to ``limit`` failed messages (hidden for a while: put them back after)."""
-        found: list[tuple[FailedEntry, str]] = []
+    async def _scan(self, url: str, limit: int) -> list[tuple[FailedEntry, str, str | None]]:
+        """Receive up to ``limit`` failed messages (hidden for a while: put them back after):
+        each entry, its receipt handle and the message group it had (FIFO)."""
+        found: list[tuple[FailedEntry, str, str | None]] = []
         while len(found) < limit:
             want = min(SQS_MAX_BATCH, limit - len(found))
             result = await self._call(
@@ -890,7 +1086,7 @@ class SQSDriver(BaseDriver):
                     error=error,
                     failed_at=float(at) if at else sent_ms / 1000,
                 )
-                found.append((entry, str(msg["ReceiptHandle"])))
+                found.append((entry, str(msg["ReceiptHandle"]), _attr_value(msg, _GROUP)))
             if len(messages) < want:
                 break
         return found
@@ -905,8 +1101,8 @@ class SQSDriver(BaseDriver):
         entries: list[FailedEntry] = []
         for url in await self._failed_queue_urls(queue):
             found = await self._scan(url, limit)
-            await self._unhide(url, [h for _, h in found])
-            entries += [e for e, _ in found if queue is None or e["queue"] == queue]
+            await self._unhide(url, [h for _, h, _ in found])
+            entries += [e for e, _, _ in found if queue is None or e["queue"] == queue]
         return sorted(entries, key=lambda e: e["failed_at"])[:limit]
 
     async def _failed_apply(self, ids: Iterable[str] | None, queue: str | None, requeue: bool) -> int:
@@ -915,23 +1111,27 @@ class SQSDriver(BaseDriver):
         for url in await self._failed_queue_urls(queue):
             found = await self._scan(url, _FAILED_SCAN_MAX)
             hit = [
-                (e, h)
-                for e, h in found
+                (e, h, g)
+                for e, h, g in found
                 if (wanted is None or e["id"] in wanted) and (queue is None or e["queue"] == queue)
             ]
-            hit_handles = {h for _, h in hit}
-            await self._unhide(url, [h for _, h in found if h not in hit_handles])
+            hit_handles = {h for _, h, _ in hit}
+            await self._unhide(url, [h for _, h, _ in found if h not in hit_handles])
             if requeue:
                 by_queue: dict[str, list[FailedEntry]] = {}
-                for e, _ in hit:
+                groups = {e["id"]: g for e, _, g in hit if g}
+                for e, _, _ in hit:
                     by_queue.setdefault(e["queue"], []).append(e)
                 for origin, group in by_queue.items():
                     await self._send(
                         await self._url(origin),
-                        [self._entry(i, e["id"], e["body"], 0) for i, e in enumerate(group)],
+                        [
+                            self._entry(i, e["id"], e["body"], 0, group=groups.get(e["id"]))
+                            for i, e in enumerate(group)
+                        ],
                     )
                 self.wake_queues(by_queue)
-            total += len(await self._delete(url, [h for _, h in hit]))
+            total += len(await self._delete(url, [h for _, h, _ in hit]))
         return total
 
     async def failed_requeue(self, ids: Iterable[str] | None = None, queue: str | None = None) -> int:

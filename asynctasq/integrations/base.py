@@ -311,11 +311,9 @@ def worker_command(run: Callable[[list[str] | None, dict[str, Any]], None]) -> c
 def prepare_worker_process(config: Config) -> None:
     """Logging at the config's level, its ``path`` on ``sys.path`` and its ``imports``, before a
     worker runs in this process."""
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    from asynctasq.utils.logs import setup_logging
+
+    setup_logging(config)
     sys.path[:0] = [entry for entry in map(os.path.abspath, config.path) if entry not in sys.path]
     for module in config.imports:
         try:

@@ -22,13 +22,7 @@ from asynctasq.drivers.base import BaseDriver
 
 BACKENDS = ["memory", "postgres", "sqlite", "redis", "mysql", "sqs", "rabbitmq"]
 
-RELIABILITY_PENDING: dict[str, str] = {
-    "mysql": "no restartable_broker hook yet; an unreachable server is retried for the whole "
-    "reconnect timeout at connect (60 s) instead of failing in one line",
-    "sqs": "no restartable_broker hook yet (moto keeps no state across a restart); the delayed "
-    "storm ran one task twice and kill-half/stop-half takes 160 s on moto; an unreachable "
-    "endpoint is retried past the test's 90 s",
-}
+RELIABILITY_PENDING: dict[str, str] = {}
 """Drivers that landed before they passed the reliability suite (tests/test_chaos.py,
 tests/test_state_machine.py, and the broker-restart and unreachable-broker tests of
 tests/test_security.py), with what is missing: open items of the reliability issue, not skips.

@@ -170,6 +170,34 @@ async def test_release_gives_back_uncounted(driver: BaseDriver, queue: str) -> N
     assert len(await driver.ack([again])) == 1
 
 
+@pytest.mark.parametrize("how", ["loop-steps", "short-sleeps"])
+async def test_a_dequeue_cancelled_at_any_point_loses_nothing_and_costs_no_attempt(
+    driver_factory: MakeDriver, queue: str, how: str
+) -> None:
+    """Cancel dequeues at every point of their claim (before it is sent, while it is in
+    flight, after its reply came): what a cancelled claim leased is given back uncounted, so
+    the message comes back at once with its first delivery count, not after a lease expiry."""
+    driver = await driver_factory(lease_seconds=60)
+    await driver.enqueue(queue, b"cancel-me")
+    for point in range(12):
+        task = asyncio.ensure_future(driver.dequeue([queue], 5, wait=2))
+        if how == "loop-steps":
+            for _ in range(point):
+                await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(point * 0.0005)
+        task.cancel()
+        try:
+            got = await task
+        except asyncio.CancelledError:
+            continue
+        assert [d.body for d in got] == [b"cancel-me"]  # it finished first: hand it back
+        assert await driver.release(got[0]) is True
+    [again] = await take(driver, [queue], 1, timeout=20)
+    assert (again.body, again.delivery_count) == (b"cancel-me", 1)
+    assert len(await driver.ack([again])) == 1
+
+
 async def test_release_with_body_is_a_retry(driver: BaseDriver, queue: str) -> None:
     await driver.enqueue(queue, b"attempt-1")
     [first] = await driver.dequeue([queue], 1, wait=1)
@@ -265,6 +293,86 @@ async def test_stats(driver: BaseDriver, queue: str) -> None:
     stats = (await driver.stats([queue]))[queue]
     assert stats == {"ready": 1, "delayed": 1, "leased": 1, "failed": 1}
     await driver.ack(got)
+
+
+async def test_cancel_removes_only_waiting_messages(driver_factory: MakeDriver, queue: str) -> None:
+    driver = await driver_factory(lease_seconds=LEASE_S)
+    if not driver.supports("cancel"):
+        with pytest.raises(UnsupportedOperation, match="cancel"):
+            await driver.cancel(queue, "1")
+        return
+    items = [EnqueueItem(queue, b"ready"), EnqueueItem(queue, b"delayed", 30)]
+    items += [EnqueueItem(queue, b"held"), EnqueueItem(queue, b"expiring")]
+    ready, delayed, held, expiring = await driver.enqueue_many(items)
+    assert await driver.cancel(queue, ready) is True
+    assert await driver.cancel(queue, ready) is False, "a message is cancelled once"
+    assert await driver.cancel(queue, delayed) is True
+    assert await driver.cancel("other-" + queue, held) is False, "the id belongs to another queue"
+    got = await take(driver, [queue], 2)
+    assert [d.body for d in got] == [b"held", b"expiring"]
+    assert await driver.cancel(queue, held) is False, "a leased message runs on"
+    assert len(await driver.ack([got[0]])) == 1
+    assert await driver.cancel(queue, held) is False, "a finished message is gone"
+    # a message whose lease expired waits again: it can be cancelled
+    await wait_for(lambda: driver.cancel(queue, expiring), timeout=LEASE_S + 10)
+    assert await driver.dequeue([queue], 10, wait=LEASE_S * 1.5) == []
+    assert len(await driver.ack([got[1]])) == 0
+    assert await driver.cancel(queue, "999999999") is False
+    with pytest.raises(InvalidQueueName):
+        await driver.cancel("bad queue;", ready)
+
+
+async def test_list_queues_finds_queues_with_messages(driver: BaseDriver, queue: str) -> None:
+    try:
+        before = await driver.list_queues()
+    except UnsupportedOperation as exc:
+        assert "listing" in str(exc)
+        return
+    await driver.enqueue(queue, b"x")
+    after = await driver.list_queues()
+    assert queue in after and after == sorted(after)
+    assert set(before) <= set(after)
+
+
+async def test_oldest_waiting_is_the_age_of_the_first_ready_message(driver: BaseDriver, queue: str) -> None:
+    try:
+        assert await driver.oldest_waiting([queue]) == {queue: None}
+    except UnsupportedOperation as exc:
+        assert "oldest waiting" in str(exc)
+        return
+    await driver.enqueue(queue, b"old")
+    started = time.monotonic()
+    await driver.enqueue(queue, b"delayed", delay=60)
+
+    async def aged() -> bool:
+        age = (await driver.oldest_waiting([queue]))[queue]
+        return age is not None and age >= 0.3
+
+    await wait_for(aged, timeout=10)
+    age = (await driver.oldest_waiting([queue]))[queue]
+    assert age is not None and age <= time.monotonic() - started + 1.0
+    got = await take(driver, [queue], 1)
+    assert await driver.oldest_waiting([queue]) == {queue: None}, "a leased or delayed one is not waiting"
+    await driver.ack(got)
+
+
+async def test_peek_shows_waiting_messages_without_leasing_them(driver: BaseDriver, queue: str) -> None:
+    try:
+        assert await driver.peek(queue) == []
+    except UnsupportedOperation as exc:
+        assert not driver.supports("cancel"), "a driver that cancels by id must let callers find the id"
+        assert "waiting messages" in str(exc)
+        return
+    first, later = await driver.enqueue_many([EnqueueItem(queue, b"first"), EnqueueItem(queue, b"later", 60)])
+    [leased] = await take(driver, [queue], 1)
+    assert leased.id == first
+    second = await driver.enqueue(queue, b"second")
+    seen = await driver.peek(queue, 10)
+    assert seen == [(second, b"second"), (later, b"later")], "ready first, then delayed; not the leased"
+    assert await driver.peek(queue, 1) == [(second, b"second")]
+    assert await driver.dequeue([queue], 10, wait=0) != [], "peeking leased nothing"
+    assert await driver.cancel(queue, later) is True  # what peek gives, cancel takes
+    assert len(await driver.ack([leased])) == 1
 
 
 async def test_purge(driver: BaseDriver, queue: str) -> None:
