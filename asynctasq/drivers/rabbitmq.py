@@ -241,6 +241,7 @@ class RabbitMQDriver(BaseDriver):
         """Declares: a refused one closes this channel only, not the consumers' or publisher's."""
         self._open_lock = asyncio.Lock()
         self._ladder_lock = asyncio.Lock()
+        self._subscribe_lock = asyncio.Lock()
         self._epoch = 0
         self._type = "quorum"
         self._declared: set[str] = set()
@@ -680,7 +681,14 @@ class RabbitMQDriver(BaseDriver):
 
     async def _subscribe(self, queues: Sequence[str], limit: int) -> None:
         """Start a consumer on each of ``queues`` that has none, with a prefetch that lets the
-        broker send ``limit`` more than we hold; grow it (a new consumer) when too small."""
+        broker send ``limit`` more than we hold; grow it (a new consumer) when too small. One at a
+        time: a claim whose caller was cancelled runs on, and two interleaved subscribes made two
+        consumers of one queue (the second's ``basic.qos`` between the first's qos and consume),
+        the first one unreferenced, its deliveries out of everyone's reach."""
+        async with self._subscribe_lock:
+            await self._subscribe_locked(queues, limit)
+
+    async def _subscribe_locked(self, queues: Sequence[str], limit: int) -> None:
         await self._ensure()
         sub = self._sub
         assert sub is not None
@@ -702,7 +710,8 @@ class RabbitMQDriver(BaseDriver):
             ok = await (await self._admin()).queue_declare(self._q(q), passive=True)
             tag = f"asynctasq.{uuid.uuid4().hex[:12]}"
             new = _Consumer(q, tag, prefetch)
-            if consumer is not None:
+            if consumer is not None and self._consumers.get(q) is consumer:
+                # (one retired meanwhile by _check_held is _give_back's to empty and cancel)
                 new.buffer = consumer.buffer
                 await sub.cancel(consumer.tag)
             room = prefetch - len(new.buffer)
