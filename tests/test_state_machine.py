@@ -46,6 +46,10 @@ T = TypeVar("T")
 EXAMPLES = int(os.environ.get("ASYNCTASQ_STATE_MACHINE_EXAMPLES", "12"))
 SHORT_LEASE_S = 0.05
 EXPIRY_WAIT_S = 0.25
+ANY_INDEX = st.integers(0, 1 << 16)
+"""Picks among the model's messages draw from a fixed range: on a broker whose choice of what to
+deliver varies with timing (RabbitMQ's prefetch), a replayed run may hold a different number of
+messages, and a ``sampled_from`` of another length is an inconsistent draw to hypothesis."""
 
 
 @dataclass
@@ -84,7 +88,7 @@ class QueueModel(RuleBasedStateMachine):
 
     def _pick(self, data: st.DataObject, *states: str) -> Message:
         candidates = sorted(self.in_state(*states), key=lambda m: m.body)
-        return data.draw(st.sampled_from(candidates))
+        return candidates[data.draw(ANY_INDEX) % len(candidates)]
 
     # -- rules -------------------------------------------------------------------------------
 
@@ -186,7 +190,7 @@ class QueueModel(RuleBasedStateMachine):
     @precondition(lambda self: self.stale and self.fencing)
     @rule(data=st.data(), action=st.sampled_from(["ack", "extend", "release", "fail"]))
     def a_stale_token_is_refused(self, data: st.DataObject, action: str) -> None:
-        holder, d = data.draw(st.sampled_from(self.stale))
+        holder, d = self.stale[data.draw(ANY_INDEX) % len(self.stale)]
         driver = self.consumers[holder]
         if action == "ack":
             assert self.run(driver.ack([d])) == []
