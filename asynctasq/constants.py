@@ -108,7 +108,12 @@ RABBITMQ_SETTLE_S = 0.2
 """How long a new consumer's first dequeue waits for the messages the broker said were ready."""
 RABBITMQ_GIVE_BACK_TIMEOUT_S = 5.0
 """How long ``disconnect`` spends giving prefetched messages back (then the broker requeues them)."""
-"""How long a new consumer's first dequeue waits for the messages the broker said were ready."""
+DEFAULT_RABBITMQ_PREFETCH_HOLD_S = 1.0
+"""How long prefetched deliveries may wait in a driver that does not ask for them before they
+go back to the queue (uncounted) and that consumer stops: other workers get them instead."""
+RABBITMQ_FAILED_DELIVERY_LIMIT = 1_000_000_000
+"""``x-delivery-limit`` of the failed queue: reading it (``failed list``, ``stats``) returns its
+entries, which RabbitMQ 4.0-4.2 counts; 4.0's default of 20 would drop them."""
 
 # -- retention --------------------------------------------------------------------------------
 DEFAULT_FAILED_RETENTION_S = 7 * 24 * 3600.0

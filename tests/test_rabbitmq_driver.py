@@ -37,7 +37,14 @@ from asynctasq.drivers.rabbitmq import (
 )
 from asynctasq.errors import BrokerError, BrokerUnavailable, MessageTooLarge, SchemaError
 from tests.backends import services_required
-from tests.backends.rabbitmq_backend import RABBITMQ_URL, check_rabbitmq, cleanup, driver_config, remember
+from tests.backends.rabbitmq_backend import (
+    RABBITMQ_URL,
+    _heal_dead_letter_supervisor,
+    check_rabbitmq,
+    cleanup,
+    driver_config,
+    remember,
+)
 from tests.conftest import wait_for
 from tests.drivers.test_conformance import take
 from tests.test_crash_recovery import logs, read_marks, start_worker
@@ -434,6 +441,7 @@ async def test_broker_restart_mid_run_loses_nothing(namespace: str, tmp_path: Pa
         asynctasq.configure(driver="memory")
         await producer.disconnect()
         await cleanup(namespace)
+        await asyncio.to_thread(_heal_dead_letter_supervisor)
     counts = Counter(read_marks(marks))
     assert done_before_restart < n, "the broker went away mid-run"
     assert set(counts) == {f"r{i}" for i in range(n)}, logs(marks)
@@ -464,3 +472,89 @@ async def test_a_deleted_queue_cancels_the_consumer_and_work_resumes(make: MakeD
     [after] = await take(driver, [queue], 1)
     assert after.body == b"after"
     assert len(await driver.ack([after])) == 1
+
+
+# -- regressions of the state machine (tests/test_state_machine.py) -------------------------
+
+
+async def test_a_shortened_lease_expires_on_time_and_comes_back_to_the_other_consumer(
+    make: MakeDriver, queue: str
+) -> None:
+    """The state machine's lost b'm7': B holds m6 and m7, cuts m7's lease to 50 ms and fails
+    m6; m7 must go back (counted) when its shortened lease ends, not when the lease it was
+    delivered with would have ended, and A must get it although B's prefetch took it back."""
+    a, b = await make(prefetch_hold_s=0.2), await make(prefetch_hold_s=0.2)
+    await a.enqueue_many([EnqueueItem(queue, b"m6"), EnqueueItem(queue, b"m7")])
+    got = {d.body: d for d in await take(b, [queue], 2)}
+    assert await b.extend([got[b"m7"]], 0.05) == [got[b"m7"]]
+    await asyncio.sleep(0.25)  # the shortened lease's deadline, not a wait for a condition
+    assert await b.ack([got[b"m7"]]) == [], "an expired lease is refused"
+    assert await b.fail(got[b"m6"], "boom") is True
+    [back] = await take(a, [queue], 1, timeout=5)
+    assert (back.body, back.delivery_count) == (b"m7", 2)
+    assert await a.ack([back]) == [back]
+    stats = (await a.stats([queue]))[queue]
+    assert stats == {"ready": 0, "delayed": 0, "leased": 0, "failed": 1}
+
+
+async def test_prefetched_messages_nobody_asks_for_go_back_to_the_others(
+    make: MakeDriver, queue: str
+) -> None:
+    """The state machine's first find (b'm2'): A takes one message, acks it, and stops asking;
+    the broker has meanwhile pushed the next one into A's prefetch. B must still get it, within
+    A's prefetch_hold_s, uncounted."""
+    a, b = await make(prefetch_hold_s=0.2), await make(prefetch_hold_s=0.2)
+    await a.enqueue_many([EnqueueItem(queue, b"m1"), EnqueueItem(queue, b"m2")])
+    [first] = await take(a, [queue], 1)
+    assert await a.ack([first]) == [first]
+    await wait_for(lambda: sum(len(c.buffer) for c in a._consumers.values()) == 1, timeout=5)
+    started = time.monotonic()
+    [second] = await take(b, [queue], 1, timeout=5)
+    assert (second.body, second.delivery_count) == (b"m2", 1)
+    assert time.monotonic() - started < 0.2 + 2.0, "back within the hold (and a generous margin)"
+    assert await b.ack([second]) == [second]
+
+
+async def test_a_late_ack_on_a_dead_connection_is_refused(make: MakeDriver, queue: str) -> None:
+    """The broker dropped A's connection (as it does after missed heartbeats): A's late ack is
+    refused, B gets the task counted, and A's old token can never ack B's delivery."""
+    a, b = await make(), await make()
+    await a.enqueue(queue, b"t")
+    [held] = await take(a, [queue], 1)
+    close_from_broker(a)
+    [again] = await take(b, [queue], 1, timeout=10)
+    assert (again.body, again.delivery_count) == (b"t", 2)
+    await wait_for(lambda: a._epoch != int(held.token.split(":")[0]), timeout=10)
+    assert await a.ack([held]) == []
+    assert await b.ack([again]) == [again]
+    # A reconnects: its new channel numbers deliveries from 1 again, under a new epoch
+    await a.enqueue(queue, b"u")
+    [fresh] = await take(a, [queue], 1)
+    assert fresh.token != held.token and fresh.token.endswith(":1")
+    assert await a.ack([held]) == [], "an old token never acks the new delivery"
+    assert await a.ack([fresh]) == [fresh]
+
+
+def test_the_consumer_heartbeat_follows_the_lease() -> None:
+    assert RabbitMQDriver(lease_seconds=1.0).heartbeat_s == 1
+    assert RabbitMQDriver(lease_seconds=30.0).heartbeat_s == 15
+
+
+async def test_a_batch_of_delayed_messages_declares_the_ladder_once(make: MakeDriver, queue: str) -> None:
+    """Every publish of a batch used to declare the ladder itself, concurrently: 5,000 delayed
+    tasks took 113 s to dispatch instead of about 2."""
+    driver = await make()
+    declared: list[int] = []
+    real = driver._declare_levels_locked
+
+    async def counting(q: str, top: int) -> None:
+        declared.append(top)
+        await real(q, top)
+
+    driver._declare_levels_locked = counting  # type: ignore[method-assign]
+    await driver.enqueue_many([EnqueueItem(queue, b"d%d" % i, 2.0) for i in range(300)])
+    assert declared == [delay_bits(2.0).bit_length() - 1]
+    assert (await driver.stats([queue]))[queue]["delayed"] == 300
+    got = await take(driver, [queue], 300, timeout=30)
+    assert len(got) == 300
+    await driver.ack(got)

@@ -65,6 +65,10 @@ class ConsumerConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._buf = bytearray()
         self._replies: deque[asyncio.Future[Any]] = deque()
+        self._early: deque[Any] = deque()
+        """Replies that came before anyone waited for them (``connection.start`` can arrive
+        before ``open`` has registered its waiter: dropping it hung the handshake until the
+        broker's 10 s handshake timeout)."""
         self._rpc_lock = asyncio.Lock()
         self._consumers: dict[str, Callable[[Msg], None]] = {}
         self._pending: Msg | None = None
@@ -87,7 +91,11 @@ class ConsumerConnection(asyncio.Protocol):
         *,
         on_cancel: Callable[[str], None],
         on_closed: Callable[[BaseException | None], None],
+        heartbeat_s: int = 0,
     ) -> ConsumerConnection:
+        """``heartbeat_s``: the heartbeat to ask for (0: the server's, at most 60 s). RabbitMQ
+        closes a connection it has not heard from for two heartbeats, which returns its unacked
+        deliveries: a stopped process loses them within about twice this."""
         parts = urlsplit(url)
         tls = parts.scheme == "amqps"
         context = None
@@ -101,13 +109,13 @@ class ConsumerConnection(asyncio.Protocol):
             loop.create_connection(lambda: cls(on_cancel, on_closed), host, port, ssl=context), timeout
         )
         try:
-            await asyncio.wait_for(conn._handshake(parts, name), timeout)
+            await asyncio.wait_for(conn._handshake(parts, name, heartbeat_s), timeout)
         except BaseException:
             conn._abort()
             raise
         return conn
 
-    async def _handshake(self, parts: Any, name: str) -> None:
+    async def _handshake(self, parts: Any, name: str, heartbeat_s: int) -> None:
         await self._expect()  # connection.start
         user, password = unquote(parts.username or "guest"), unquote(parts.password or "guest")
         props: dict[str, Any] = {
@@ -117,7 +125,10 @@ class ConsumerConnection(asyncio.Protocol):
         }
         self._send(spec.Connection.StartOk(client_properties=props, response=f"\0{user}\0{password}"), 0)
         tune = await self._expect()
-        self._heartbeat = min(int(tune.heartbeat or 0), 60) if tune.heartbeat else 0
+        if heartbeat_s > 0:
+            self._heartbeat = heartbeat_s
+        else:
+            self._heartbeat = min(int(tune.heartbeat or 0), 60) if tune.heartbeat else 0
         self._send(spec.Connection.TuneOk(tune.channel_max, tune.frame_max, self._heartbeat), 0)
         vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
         await self._call(spec.Connection.Open(virtual_host=vhost), 0)
@@ -133,6 +144,12 @@ class ConsumerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._shut(exc or ConsumerConnectionLost("the broker closed the consumer connection"))
+
+    def eof_received(self) -> bool | None:
+        # at once, not in connection_lost a loop iteration later: a process resumed after a
+        # SIGSTOP must see its connection (and its leases) gone before its timers run
+        self._shut(ConsumerConnectionLost("the broker closed the consumer connection"))
+        return None
 
     def data_received(self, data: bytes) -> None:
         self._last_read = time.monotonic()
@@ -217,6 +234,8 @@ class ConsumerConnection(asyncio.Protocol):
             waiter = self._replies.popleft()
             if not waiter.done():
                 waiter.set_result(frame)
+        else:
+            self._early.append(frame)
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -226,6 +245,10 @@ class ConsumerConnection(asyncio.Protocol):
         self._transport.write(pamqp.frame.marshal(frame, channel))
 
     async def _expect(self) -> Any:
+        if self._early:
+            return self._early.popleft()
+        if self._closed:
+            raise ConsumerConnectionLost("the consumer connection is closed")
         waiter: asyncio.Future[Any] = self._loop.create_future()
         self._replies.append(waiter)
         return await waiter
@@ -261,6 +284,13 @@ class ConsumerConnection(asyncio.Protocol):
         if self._closed or self._transport is None:
             raise ConsumerConnectionLost("the consumer connection is closed")
         self._transport.write(_ACK.pack(1, _CHANNEL, 13, 60, 80, tag, int(multiple), 0xCE))
+
+    def reject(self, tag: int) -> None:
+        """``basic.reject`` with requeue: the delivery goes back to its queue counted (a quorum
+        queue raises its ``x-delivery-count``; RabbitMQ 4.3 counts a reject, not a nack)."""
+        if self._closed or self._transport is None:
+            raise ConsumerConnectionLost("the consumer connection is closed")
+        self._transport.write(_ACK.pack(1, _CHANNEL, 13, 60, 90, tag, 1, 0xCE))
 
     async def close(self) -> None:
         if self._closed:

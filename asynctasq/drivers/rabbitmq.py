@@ -14,9 +14,10 @@ Layout under prefix ``p`` (``/`` never appears in a queue name, so nothing colli
 - ``p/failed``  the failed registry of the namespace (the original queue, the error and the
   time travel in headers).
 - ``p/deliver``  a topic exchange binding every work queue under ``*.*...*.<queue>``.
-- ``p/delay/<i>``  an exchange and a queue per level ``i`` of the delay ladder: the queue holds
-  each message for exactly ``2**i`` ms (queue TTL, so it expires strictly in order) and
-  dead-letters into the exchange of level ``i - 1``. A delayed message's routing key spells its
+- ``p/delay/<queue>/<i>``  an exchange and a queue per level ``i`` of the queue's delay ladder:
+  the queue holds each message for exactly ``2**i`` ms (queue TTL, so it expires strictly in
+  order) and dead-letters into the exchange of level ``i - 1``; levels are declared from 0 up, so
+  ``stats`` and ``purge`` find them with passive declares. A delayed message's routing key spells its
   delay in binary, ``<bit 31>.<bit 30>...<bit 0>.<queue>``; each exchange sends it into its
   level's queue when its bit is 1 and on to the next level when it is 0, and the last one into
   ``p/deliver``. Nothing polls, nothing is held unacked in a worker, and a delay costs one hop
@@ -35,8 +36,12 @@ free slots plus what it holds; deliveries are buffered from the consumer callbac
 out in queue order, and a blocked ``dequeue`` sleeps until one arrives. A lease is the unacked
 delivery, its token the connection's epoch and the delivery tag: after a reconnect no old
 token matches, so a stale ack never reaches the broker (whose channel would refuse it anyway).
-A lease not extended for ``lease_seconds`` is put back by the driver itself (re-published
-counted, then acked).
+A lease not extended for ``lease_seconds`` is put back by the driver itself (``basic.reject``
+with requeue: counted, one frame). A process that cannot do even that (SIGSTOP) loses its
+consumer connection to the heartbeat (``lease_seconds / 2``), and the broker requeues its
+deliveries. Deliveries pushed into a consumer's buffer that nobody takes within
+``prefetch_hold_s`` go back (re-published uncounted) and that consumer stops until the next
+``dequeue``.
 Round trips: enqueue and enqueue_many 1 (publishes pipelined, confirms awaited together), ack
 none (one ``basic.ack`` frame per batch where the tags allow, with ``multiple``), dequeue none
 while deliveries stream in, release and fail 1 (publish-confirm, then the ack frame).
@@ -46,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import os
 import time
@@ -60,17 +66,26 @@ from asynctasq.constants import (
     DEFAULT_LEASE_S,
     DEFAULT_RABBITMQ_CONNECT_TIMEOUT_S,
     DEFAULT_RABBITMQ_MAX_MESSAGE_BYTES,
+    DEFAULT_RABBITMQ_PREFETCH_HOLD_S,
     DEFAULT_RABBITMQ_PREFIX,
     DEFAULT_RABBITMQ_QUEUE_TYPE,
     DEFAULT_RABBITMQ_URL,
     DEFAULT_RECONNECT_TIMEOUT_S,
+    RABBITMQ_FAILED_DELIVERY_LIMIT,
     RABBITMQ_GIVE_BACK_TIMEOUT_S,
     RABBITMQ_SETTLE_S,
 )
 from asynctasq.drivers._amqp import ConsumerConnection, Msg
 from asynctasq.drivers._reconnect import Reconnect, log, one_line
 from asynctasq.drivers._wait import Waiter, queue_key
-from asynctasq.drivers.base import BaseDriver, Delivery, EnqueueItem, FailedEntry, validate_queue_name
+from asynctasq.drivers.base import (
+    BaseDriver,
+    Delivery,
+    EnqueueItem,
+    FailedEntry,
+    QueueStats,
+    validate_queue_name,
+)
 from asynctasq.errors import BrokerError, DriverNotAvailable, SchemaError
 from asynctasq.utils.urls import redact_url
 
@@ -83,6 +98,12 @@ try:
     from asynctasq.drivers._amqp import ConsumerConnection, Msg
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise DriverNotAvailable('the rabbitmq driver needs aio-pika: pip install "asynctasq[rabbitmq]"') from exc
+
+for _name in ("aiormq.connection", "aiormq.channel"):
+    # aiormq logs every failed connect and a traceback per lost connection; the driver logs
+    # one line per outage itself (drivers/_reconnect.py). A level set by the user is kept.
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.CRITICAL)
 
 QUEUE_TYPES = ("auto", "quorum", "classic")
 DELAY_LEVELS = 32
@@ -142,6 +163,8 @@ class _Consumer:
     expected: int = 0
     """Ready messages the broker reported when the consumer started, not yet arrived."""
     settle_until: float = 0.0
+    since: float = 0.0
+    """When the buffer was last drawn from or last became non-empty."""
 
 
 @dataclass(slots=True)
@@ -158,11 +181,14 @@ class RabbitMQDriver(BaseDriver):
     name), ``queue_type`` (``auto``: quorum queues, the default; ``quorum``; ``classic``),
     ``prefetch`` (fixed per-consumer prefetch; default: follow the worker's free slots),
     ``consumer_timeout_s`` (the ``x-consumer-timeout`` consumer argument, honoured by RabbitMQ
-    3.12 and later; older servers take the ``consumer_timeout`` server setting), ``connect_timeout_s``,
-    ``reconnect_timeout_s``, ``lease_seconds``, ``max_message_bytes``."""
+    3.12 and later; older servers take the ``consumer_timeout`` server setting),
+    ``prefetch_hold_s`` (how long prefetched deliveries nobody asks for stay in this driver before
+    they go back), ``connect_timeout_s``, ``reconnect_timeout_s``, ``lease_seconds`` (also sets
+    the consumer connection's heartbeat to half of it, so that the broker takes back a stopped
+    process's deliveries about when their leases end), ``max_message_bytes``."""
 
     name = "rabbitmq"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"failed", "fencing"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"stats", "purge", "failed", "fencing"})
     default_max_message_bytes = DEFAULT_RABBITMQ_MAX_MESSAGE_BYTES
 
     def __init__(
@@ -173,6 +199,7 @@ class RabbitMQDriver(BaseDriver):
         queue_type: str = DEFAULT_RABBITMQ_QUEUE_TYPE,
         prefetch: int | None = None,
         consumer_timeout_s: float | None = None,
+        prefetch_hold_s: float = DEFAULT_RABBITMQ_PREFETCH_HOLD_S,
         connect_timeout_s: float = DEFAULT_RABBITMQ_CONNECT_TIMEOUT_S,
         reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
         lease_seconds: float = DEFAULT_LEASE_S,
@@ -192,6 +219,9 @@ class RabbitMQDriver(BaseDriver):
         self.queue_type = queue_type
         self.prefetch = prefetch
         self.consumer_timeout_s = consumer_timeout_s
+        self.prefetch_hold_s = prefetch_hold_s
+        self.heartbeat_s = max(1, math.ceil(lease_seconds / 2))
+        """Of the consumer connection: RabbitMQ drops it after about two missed heartbeats."""
         self.connect_timeout_s = connect_timeout_s
         parts = urlsplit(url)
         self._where = f"RabbitMQ at {redact_url(url)}"
@@ -210,15 +240,21 @@ class RabbitMQDriver(BaseDriver):
         self._adm: aiormq.abc.AbstractChannel | None = None
         """Declares: a refused one closes this channel only, not the consumers' or publisher's."""
         self._open_lock = asyncio.Lock()
+        self._ladder_lock = asyncio.Lock()
+        self._subscribe_lock = asyncio.Lock()
         self._epoch = 0
         self._type = "quorum"
         self._declared: set[str] = set()
-        self._levels = -1
+        self._levels: dict[str, int] = {}
+        """The highest level of each queue's delay ladder declared on this connection."""
         self._consumers: dict[str, _Consumer] = {}
         self._leases: dict[str, _Lease] = {}
         self._unacked: set[int] = set()
         """Delivery tags of the consumer channel not yet acked: buffered, leased, on their way."""
         self._lease_timer: asyncio.TimerHandle | None = None
+        self._lease_timer_at = 0.0
+        """When (``time.monotonic``) the lease timer fires: a shortened lease re-arms it."""
+        self._hold_timer: asyncio.TimerHandle | None = None
         self._arrived = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._probing = 0
@@ -244,22 +280,30 @@ class RabbitMQDriver(BaseDriver):
     def _deliver_x(self) -> str:
         return f"{self.prefix}/deliver"
 
-    def _level(self, i: int) -> str:
-        return f"{self.prefix}/delay/{i}"
+    def _level(self, queue: str, i: int) -> str:
+        return f"{self.prefix}/delay/{queue}/{i}"
 
-    def _queue_args(self, **extra: Any) -> dict[str, Any]:
+    def _queue_args(self, delivery_limit: int | None = None, **extra: Any) -> dict[str, Any]:
         args: dict[str, Any] = {"x-queue-type": self._type}
         if self._type == "quorum":
             args["x-dead-letter-strategy"] = "at-least-once"
             args["x-overflow"] = "reject-publish"
+            if delivery_limit is not None:
+                args["x-delivery-limit"] = delivery_limit
         args.update(extra)
         return args
 
     # -- connection ------------------------------------------------------------------------
 
     async def connect(self) -> None:
+        """One attempt: a broker that cannot be reached at start-up is a clear error at once
+        (later operations reconnect with backoff)."""
         self._closed = False
-        await self._reconnect.run(self._ensure)
+        try:
+            await self._ensure()
+        except _RETRYABLE as exc:
+            await self._drop()
+            raise self._reconnect.unavailable(exc) from None
 
     async def _ensure(self) -> aiormq.abc.AbstractChannel:
         """The publishing channel of a live connection, opening one first if needed."""
@@ -295,6 +339,7 @@ class RabbitMQDriver(BaseDriver):
                 self.connect_timeout_s,
                 on_cancel=self._on_cancel,
                 on_closed=lambda exc: self._closed_with(epoch, exc),
+                heartbeat_s=self.heartbeat_s,
             )
             self._type = self._pick_type(conn)
             for closable in (conn, self._pub):
@@ -326,16 +371,24 @@ class RabbitMQDriver(BaseDriver):
 
     async def _declare_base(self) -> None:
         ch = await self._admin()
+        await ch.exchange_declare(self._deliver_x, exchange_type="topic", durable=True)
         try:
-            await ch.exchange_declare(self._deliver_x, exchange_type="topic", durable=True)
-            await ch.queue_declare(self._failed_q, durable=True, arguments=self._queue_args())
+            await ch.queue_declare(
+                self._failed_q, durable=True, arguments=self._queue_args(RABBITMQ_FAILED_DELIVERY_LIMIT)
+            )
         except amqp_errors.ChannelPreconditionFailed as exc:
-            raise self._inequivalent(self._failed_q, exc) from None
+            # a failed queue made by the driver's first version, without the limit: keep it
+            ch = await self._admin()
+            try:
+                await ch.queue_declare(self._failed_q, durable=True, arguments=self._queue_args())
+            except amqp_errors.ChannelPreconditionFailed:
+                raise self._inequivalent(self._failed_q, exc) from None
 
     def _inequivalent(self, name: str, exc: BaseException) -> SchemaError:
         return SchemaError(
             f"RabbitMQ refused to declare {name!r} ({one_line(exc)}): it exists with other "
-            f"arguments (another queue type?); set --rabbitmq-queue-type to match it, or delete it"
+            "arguments (another queue type?); set --rabbitmq-queue-type to match it, use a new "
+            "--rabbitmq-prefix, or delete it"
         )
 
     def _on_closed(self, epoch: int, fut: asyncio.Future[Any]) -> None:
@@ -360,10 +413,11 @@ class RabbitMQDriver(BaseDriver):
         self._unacked.clear()
         self._consumers.clear()
         self._declared.clear()
-        self._levels = -1
-        if self._lease_timer is not None:
-            self._lease_timer.cancel()
-            self._lease_timer = None
+        self._levels.clear()
+        for timer in (self._lease_timer, self._hold_timer):
+            if timer is not None:
+                timer.cancel()
+        self._lease_timer = self._hold_timer = None
 
     async def _drop(self) -> None:
         conn, self._conn, self._pub, self._adm = self._conn, None, None, None
@@ -382,8 +436,12 @@ class RabbitMQDriver(BaseDriver):
 
     async def disconnect(self) -> None:
         self._closed = True
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
         try:
             if self._sub is not None and not self._sub.is_closed:
+                await self._settle_moves(RABBITMQ_GIVE_BACK_TIMEOUT_S)
                 await asyncio.wait_for(self._give_back_buffered(), RABBITMQ_GIVE_BACK_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - closing returns them to the queue anyway
             log.warning(
@@ -395,19 +453,39 @@ class RabbitMQDriver(BaseDriver):
         await self._drop()
         self.hub.wake_all()
 
+    async def _settle_moves(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) for the give-backs and re-delays this driver has started."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    async def _give_back_quietly(self, consumers: list[_Consumer]) -> None:
+        try:
+            await self._give_back(consumers)
+        except Exception as exc:  # noqa: BLE001 - unacked, they come back with the channel
+            log.warning(
+                "could not give back prefetched messages (%s); the broker requeues them",
+                one_line(exc, self._reconnect.secret),
+            )
+
     async def _give_back_buffered(self) -> None:
-        """Stop the consumers and re-publish what they prefetched but never handed out,
-        uncounted (closing the channel would requeue them counted)."""
-        sub, pub = self._sub, self._pub
-        assert sub is not None and pub is not None
-        for consumer in list(self._consumers.values()):
+        consumers = list(self._consumers.values())
+        self._consumers.clear()
+        await self._give_back(consumers)
+
+    async def _give_back(self, consumers: list[_Consumer]) -> None:
+        """Stop ``consumers`` (no longer in ``_consumers``) and re-publish what they prefetched
+        but never handed out, uncounted (closing the channel would requeue them counted)."""
+        sub = self._sub
+        if sub is None or sub.is_closed:
+            return
+        epoch = self._epoch
+        for consumer in consumers:
             await sub.cancel(consumer.tag)
         for _ in range(3):  # deliveries that came before the cancel-ok run their callbacks
             await asyncio.sleep(0)
-        buffered = [(c.queue, m) for c in self._consumers.values() for m in c.buffer]
-        for c in self._consumers.values():
+        buffered = [(c.queue, m) for c in consumers for m in c.buffer]
+        for c in consumers:
             c.buffer.clear()
-        self._consumers.clear()
         if not buffered:
             return
         await asyncio.gather(
@@ -421,7 +499,8 @@ class RabbitMQDriver(BaseDriver):
                 for queue, m in buffered
             )
         )
-        await self._ack_tags(sub, [m.tag for _, m in buffered])
+        if epoch == self._epoch and not sub.is_closed:
+            await self._ack_tags(sub, [m.tag for _, m in buffered])
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -429,7 +508,12 @@ class RabbitMQDriver(BaseDriver):
         if queue in self._declared:
             return
         ch = await self._admin()
-        args = self._queue_args(**{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self._failed_q})
+        # no x-delivery-limit: the worker's own attempt count (x-delivery-count plus ours) sends a
+        # poison message to the failed registry first; RabbitMQ 4.x's default limit of 20 only
+        # backs it up, dead-lettering into the same failed queue
+        args = self._queue_args(
+            None, **{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self._failed_q}
+        )
         try:
             await ch.queue_declare(self._q(queue), durable=True, arguments=args)
         except amqp_errors.ChannelPreconditionFailed as exc:
@@ -438,14 +522,21 @@ class RabbitMQDriver(BaseDriver):
         self._declared.add(queue)
         self.queues_seen.add(queue)
 
-    async def _declare_levels(self, top: int) -> None:
-        """Declare the delay ladder up to level ``top``."""
+    async def _declare_levels(self, queue: str, top: int) -> None:
+        """Declare the delay ladder of ``queue`` up to level ``top`` (always from level 0 up:
+        ``stats`` and ``purge`` stop at the first level missing)."""
+        async with self._ladder_lock:  # concurrent publishes of one batch declare it once
+            if top > self._levels.get(queue, -1):
+                await self._declare_levels_locked(queue, top)
+
+    async def _declare_levels_locked(self, queue: str, top: int) -> None:
         ch = await self._admin()
-        for i in range(self._levels + 1, top + 1):
-            name = self._level(i)
-            below = self._level(i - 1) if i else self._deliver_x
+        for i in range(self._levels.get(queue, -1) + 1, top + 1):
+            name = self._level(queue, i)
+            below = self._level(queue, i - 1) if i else self._deliver_x
             await ch.exchange_declare(name, exchange_type="topic", durable=True)
-            args = self._queue_args(**{"x-message-ttl": 1 << i, "x-dead-letter-exchange": below})
+            level: dict[str, Any] = {"x-message-ttl": 1 << i, "x-dead-letter-exchange": below}
+            args = self._queue_args(None, **level)
             try:
                 await ch.queue_declare(name, durable=True, arguments=args)
             except amqp_errors.ChannelPreconditionFailed as exc:
@@ -453,7 +544,7 @@ class RabbitMQDriver(BaseDriver):
             pad = "*." * (DELAY_LEVELS - 1 - i)
             await ch.queue_bind(name, name, routing_key=pad + "1.#")
             await ch.exchange_bind(below, name, routing_key=pad + "0.#")
-            self._levels = i
+            self._levels[queue] = i
 
     async def _publish(
         self,
@@ -479,9 +570,9 @@ class RabbitMQDriver(BaseDriver):
             elif delay > 0:
                 ms = delay_bits(delay)
                 top = ms.bit_length() - 1
-                if top > self._levels:
-                    await self._declare_levels(top)
-                exchange, key = self._level(top), delay_routing_key(ms, queue)
+                if top > self._levels.get(queue, -1):
+                    await self._declare_levels(queue, top)
+                exchange, key = self._level(queue, top), delay_routing_key(ms, queue)
             else:
                 exchange, key = "", self._q(queue)
             try:
@@ -496,9 +587,14 @@ class RabbitMQDriver(BaseDriver):
                     ) from None
                 # someone deleted the queue or the ladder under us: declare them again
                 self._declared.discard(queue)
-                self._levels = -1
+                self._levels.pop(queue, None)
                 await self._declare_queue(queue)
                 continue
+            except amqp_errors.DeliveryError:
+                raise BrokerError(
+                    f"RabbitMQ refused a message for {key!r} (publish nacked: a queue limit, a full "
+                    "disk, or a quorum queue that cannot accept writes); it was not stored"
+                ) from None
             if not isinstance(confirm, spec.Basic.Ack):
                 raise BrokerError(
                     f"RabbitMQ refused a message for {key!r} (publish nacked: a queue limit or a "
@@ -511,8 +607,14 @@ class RabbitMQDriver(BaseDriver):
 
         async def op() -> None:
             await self._ensure()
-            for queue in dict.fromkeys(i.queue for i in items):
+            tops: dict[str, int] = {}
+            for i in items:
+                top = delay_bits(i.delay).bit_length() - 1 if i.delay > 0 else -1
+                tops[i.queue] = max(tops.get(i.queue, -1), top)
+            for queue, top in tops.items():
                 await self._declare_queue(queue)
+                if top > self._levels.get(queue, -1):
+                    await self._declare_levels(queue, top)
             await asyncio.gather(
                 *(
                     self._publish(i.queue, i.body, msg_id, {}, i.delay)
@@ -543,7 +645,11 @@ class RabbitMQDriver(BaseDriver):
         now = time.monotonic()
         for q in queues:
             consumer = self._consumers.get(q)
-            while consumer is not None and consumer.buffer and len(out) < limit:
+            if consumer is None:
+                continue
+            if consumer.buffer:
+                consumer.since = now
+            while consumer.buffer and len(out) < limit:
                 out.append(self._lease(consumer.buffer.popleft(), q, now))
             if len(out) >= limit:
                 break
@@ -551,47 +657,66 @@ class RabbitMQDriver(BaseDriver):
             self._arm_leases()
         return out
 
+    def _held(self) -> dict[str, int]:
+        """Leases held per consumer tag."""
+        held: dict[str, int] = {}
+        for lease in self._leases.values():
+            held[lease.consumer] = held.get(lease.consumer, 0) + 1
+        return held
+
     def _consuming(self, queues: Sequence[str], limit: int) -> bool:
-        """Whether every queue already has a consumer with room for ``limit`` more (held
-        deliveries of all queues counted: an upper bound), on an open channel."""
+        """Whether every queue already has a consumer with room for its leases plus ``limit``
+        more, on an open channel."""
         sub = self._sub
         if sub is None or sub.is_closed:
             return False
-        need = len(self._leases) + limit
+        held = self._held()
         for q in queues:
             consumer = self._consumers.get(q)
-            if consumer is None or (not self.prefetch and consumer.prefetch < need):
+            if consumer is None:
+                return False
+            if not self.prefetch and consumer.prefetch < held.get(consumer.tag, 0) + limit:
                 return False
         return True
 
     async def _subscribe(self, queues: Sequence[str], limit: int) -> None:
         """Start a consumer on each of ``queues`` that has none, with a prefetch that lets the
-        broker send ``limit`` more than we hold; grow it (a new consumer) when too small."""
+        broker send ``limit`` more than we hold; grow it (a new consumer) when too small. One at a
+        time: a claim whose caller was cancelled runs on, and two interleaved subscribes made two
+        consumers of one queue (the second's ``basic.qos`` between the first's qos and consume),
+        the first one unreferenced, its deliveries out of everyone's reach."""
+        async with self._subscribe_lock:
+            await self._subscribe_locked(queues, limit)
+
+    async def _subscribe_locked(self, queues: Sequence[str], limit: int) -> None:
         await self._ensure()
         sub = self._sub
         assert sub is not None
-        held: dict[str, int] = {}
-        for lease in self._leases.values():
-            held[lease.delivery.queue] = held.get(lease.delivery.queue, 0) + 1
+        held = self._held()
         for q in queues:
             consumer = self._consumers.get(q)
-            want = self.prefetch or held.get(q, 0) + limit
+            mine = held.get(consumer.tag, 0) if consumer is not None else 0
+            want = self.prefetch or mine + limit
             if consumer is not None and (self.prefetch or consumer.prefetch >= want):
                 if self._probing and not consumer.buffer:
                     await self._probe(consumer)
                 continue
             await self._declare_queue(q)
+            # rounded up to a power of two: the slack keeps deliveries streaming while acks are
+            # on their way (exact prefetch cost a third of the drain rate); what the worker does
+            # not take within prefetch_hold_s goes back
             prefetch = self.prefetch or 1 << (want - 1).bit_length()
             await sub.qos(prefetch)
             ok = await (await self._admin()).queue_declare(self._q(q), passive=True)
             tag = f"asynctasq.{uuid.uuid4().hex[:12]}"
             new = _Consumer(q, tag, prefetch)
-            if consumer is not None:
+            if consumer is not None and self._consumers.get(q) is consumer:
+                # (one retired meanwhile by _check_held is _give_back's to empty and cancel)
                 new.buffer = consumer.buffer
                 await sub.cancel(consumer.tag)
-            room = prefetch - held.get(q, 0) - len(new.buffer)
+            room = prefetch - len(new.buffer)
             new.expected = max(min(int(ok.message_count or 0), room), 0)
-            new.settle_until = time.monotonic() + RABBITMQ_SETTLE_S
+            new.settle_until = new.since = time.monotonic() + RABBITMQ_SETTLE_S
             self._consumers[q] = new
             await sub.consume(self._q(q), tag, self._on_message(new, self._epoch), self._consume_args)
 
@@ -658,13 +783,36 @@ class RabbitMQDriver(BaseDriver):
             if isinstance(due, int) and due - time.time() * 1000 > 1000:
                 self._spawn(self._redelay(message, consumer.queue, due))
                 return
+            if not consumer.buffer:
+                consumer.since = max(consumer.since, time.monotonic())
             consumer.buffer.append(message)
             if consumer.expected:
                 consumer.expected -= 1
+            if self._hold_timer is None and self.prefetch_hold_s > 0:
+                loop = asyncio.get_running_loop()
+                self._hold_timer = loop.call_later(self.prefetch_hold_s, self._check_held)
             self._arrived.set()
             self.hub.wake([queue_key(consumer.queue)])
 
         return arrived
+
+    def _check_held(self) -> None:
+        """Stop the consumers whose prefetched deliveries nobody asked for in
+        ``prefetch_hold_s``, and give those back: a driver that stopped asking (a busy or
+        suspended worker, a producer that dequeued once) must not keep them from the others."""
+        self._hold_timer = None
+        now = time.monotonic()
+        stale = [c for c in self._consumers.values() if c.buffer and now - c.since >= self.prefetch_hold_s]
+        for c in stale:
+            del self._consumers[c.queue]
+        if stale:
+            self._spawn(self._give_back_quietly(stale))
+        waiting = [c.since for c in self._consumers.values() if c.buffer]
+        if waiting:
+            loop = asyncio.get_running_loop()
+            self._hold_timer = loop.call_later(
+                max(min(waiting) + self.prefetch_hold_s - now, 0.01), self._check_held
+            )
 
     async def _pause(self, waiter: Waiter, queues: Sequence[str], left: float) -> None:
         # deliveries are pushed: the consumer callback wakes the waiter; nothing to poll
@@ -705,17 +853,22 @@ class RabbitMQDriver(BaseDriver):
             return
         first = min(lease.deadline for lease in self._leases.values())
         timer = self._lease_timer
-        if timer is not None and timer.when() <= first + 0.01:
+        if timer is not None and self._lease_timer_at <= first + 0.01:
             return
         if timer is not None:
             timer.cancel()
         loop = asyncio.get_running_loop()
-        self._lease_timer = loop.call_at(loop.time() + max(first - time.monotonic(), 0.0), self._expire)
+        self._lease_timer_at = first
+        self._lease_timer = loop.call_later(max(first - time.monotonic(), 0.0), self._expire)
 
     def _expire(self) -> None:
-        """Put back every lease past its deadline (counted: it was delivered)."""
+        """Put back every lease past its deadline, counted (it was delivered): a
+        ``basic.reject`` with requeue, one frame, nothing to duplicate. On a connection the
+        broker already dropped (this process was stopped), the frame goes nowhere and the broker
+        has requeued the delivery itself."""
         self._lease_timer = None
         now = time.monotonic()
+        sub = self._sub
         for token in [t for t, lease in self._leases.items() if lease.deadline <= now]:
             lease = self._leases.pop(token)
             log.warning(
@@ -724,9 +877,12 @@ class RabbitMQDriver(BaseDriver):
                 lease.delivery.queue,
                 self.lease_seconds,
             )
-            self._spawn(
-                self._republish_then_ack(lease, lease.delivery.body, lease.delivery.delivery_count, 0.0)
-            )
+            self._unacked.discard(lease.tag)
+            if sub is not None and not sub.is_closed:
+                try:
+                    sub.reject(lease.tag)
+                except ConnectionError:
+                    pass  # the broker requeues it with the channel
         self._arm_leases()
 
     def _spawn(self, coro: Any) -> None:
@@ -821,6 +977,8 @@ class RabbitMQDriver(BaseDriver):
             if lease is not None and lease.delivery.id == d.id and lease.deadline > now:
                 lease.deadline = now + seconds
                 held.append(d)
+        if held:
+            self._arm_leases()
         return held
 
     async def _release(self, delivery: Delivery, delay: float, body: bytes | None) -> bool:
@@ -842,12 +1000,129 @@ class RabbitMQDriver(BaseDriver):
             lease, lease.delivery.body, 0, 0.0, routing=("", self._failed_q), extra=extra
         )
 
+    # -- stats and purge -------------------------------------------------------------------
+
+    async def _peek(self, names: Sequence[str]) -> list[int | None]:
+        """Ready messages of each queue of ``names`` by passive declares (None: no such queue),
+        on a channel of its own (a passive declare of a missing queue closes its channel)."""
+        conn = self._conn
+        assert conn is not None
+        out: list[int | None] = []
+        ch = await conn.channel(publisher_confirms=False)
+        try:
+            for name in names:
+                try:
+                    ok = await ch.queue_declare(name, passive=True)
+                except amqp_errors.ChannelNotFoundEntity:
+                    out.append(None)
+                    ch = await conn.channel(publisher_confirms=False)
+                    continue
+                out.append(int(ok.message_count or 0))
+        finally:
+            if not ch.is_closed:
+                await ch.close()
+        return out
+
+    async def _ladder(self, queue: str, act: Callable[[list[str]], Any]) -> int:
+        """Sum ``act`` over the declared levels of ``queue``'s delay ladder, found by passive
+        declares 8 at a time (levels are declared from 0 up, so the first missing one ends it)."""
+        total = 0
+        for start in range(0, DELAY_LEVELS, 8):
+            names = [self._level(queue, i) for i in range(start, min(start + 8, DELAY_LEVELS))]
+            counts = await self._peek(names)
+            present = [n for n, c in zip(names, counts, strict=True) if c is not None]
+            total += await act(present)
+            if len(present) < len(names):
+                break
+        return total
+
+    async def stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
+        """``ready``: the work queue's ready messages (a passive declare) plus those this
+        driver prefetched and has not handed out; ``delayed``: the messages in the queue's delay
+        ladder; ``leased``: this driver's own leases (AMQP tells nobody how many deliveries other
+        connections hold unacked: the management API does); ``failed``: the entries of the
+        namespace's failed queue from ``queue``, counted by reading it."""
+        for q in queues:
+            validate_queue_name(q)
+
+        async def op() -> dict[str, QueueStats]:
+            await self._ensure()
+            await self._settle_moves(RABBITMQ_GIVE_BACK_TIMEOUT_S)
+            out: dict[str, QueueStats] = {}
+            for q in queues:
+                [ready] = await self._peek([self._q(q)])
+
+                async def count(names: list[str]) -> int:
+                    return sum(c or 0 for c in await self._peek(names))
+
+                delayed = await self._ladder(q, count)
+                consumer = self._consumers.get(q)
+                buffered = len(consumer.buffer) if consumer is not None else 0
+                leased = sum(1 for lease in self._leases.values() if lease.delivery.queue == q)
+                out[q] = QueueStats(ready=(ready or 0) + buffered, delayed=delayed, leased=leased, failed=0)
+            failed = await self._failed_counts()
+            for q in queues:
+                out[q]["failed"] = failed.get(q, 0)
+            return out
+
+        result: dict[str, QueueStats] = await self._reconnect.run(op)
+        return result
+
+    async def _failed_counts(self) -> dict[str, int]:
+        [total] = await self._peek([self._failed_q])
+        counts: dict[str, int] = {}
+        if not total:
+            return counts
+
+        def visit(entry: FailedEntry) -> str:
+            counts[entry["queue"]] = counts.get(entry["queue"], 0) + 1
+            return "keep"
+
+        await self._scan_failed(visit, direct=True)
+        return counts
+
+    async def purge(self, queue: str) -> int:
+        """``queue.purge`` of the work queue and of each level of its delay ladder, and drop
+        what this driver prefetched from it. Deliveries leased by workers are kept (AMQP purges
+        only ready messages): they are acked or come back."""
+        validate_queue_name(queue)
+
+        async def op() -> int:
+            await self._ensure()
+            await self._settle_moves(RABBITMQ_GIVE_BACK_TIMEOUT_S)
+            ch = await self._admin()
+
+            async def purge_all(names: list[str]) -> int:
+                n = 0
+                for name in names:
+                    ok = await ch.queue_purge(name)
+                    n += int(ok.message_count or 0)
+                return n
+
+            present = [self._q(queue)] if (await self._peek([self._q(queue)]))[0] is not None else []
+            purged = await purge_all(present) + await self._ladder(queue, purge_all)
+            consumer = self._consumers.get(queue)
+            sub = self._sub
+            if consumer is not None and consumer.buffer and sub is not None:
+                tags = [m.tag for m in consumer.buffer]
+                consumer.buffer.clear()
+                await self._ack_tags(sub, tags)
+                purged += len(tags)
+            return purged
+
+        result: int = await self._reconnect.run(op)
+        return result
+
     # -- the failed registry ---------------------------------------------------------------
 
-    async def _scan_failed(self, visit: Callable[[FailedEntry], str], limit: int | None = None) -> int:
+    async def _scan_failed(
+        self, visit: Callable[[FailedEntry], str], limit: int | None = None, *, direct: bool = False
+    ) -> int:
         """Read the failed queue on a channel of its own; ``visit`` says for each entry
         ``keep``, ``drop`` (acked) or ``requeue`` (re-published to its queue, then acked).
-        Entries kept go back with the channel. Returns how many were dropped or requeued."""
+        Entries kept go back with a ``basic.nack`` (RabbitMQ 4.3 does not count a nack as a
+        delivery; older servers do, hence the failed queue's high delivery limit). Returns how
+        many were dropped or requeued. ``direct``: already inside a reconnecting operation."""
 
         async def op() -> int:
             await self._ensure()
@@ -885,6 +1160,8 @@ class RabbitMQDriver(BaseDriver):
                 await ch.close()
             return changed
 
+        if direct:
+            return await op()
         changed: int = await self._reconnect.run(op)
         return changed
 
@@ -937,9 +1214,9 @@ class RabbitMQDriver(BaseDriver):
             ch = await conn.channel(publisher_confirms=False)
             for q in queues:
                 await ch.queue_delete(self._q(q))
-            for i in range(DELAY_LEVELS):
-                await ch.queue_delete(self._level(i))
-                await ch.exchange_delete(self._level(i))
+                for i in range(DELAY_LEVELS):
+                    await ch.queue_delete(self._level(q, i))
+                    await ch.exchange_delete(self._level(q, i))
             await ch.queue_delete(self._failed_q)
             await ch.exchange_delete(self._deliver_x)
         finally:

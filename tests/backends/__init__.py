@@ -22,11 +22,7 @@ from asynctasq.drivers.base import BaseDriver
 
 BACKENDS = ["memory", "postgres", "sqlite", "redis", "mysql", "sqs", "rabbitmq"]
 
-RELIABILITY_PENDING: dict[str, str] = {
-    "rabbitmq": "no restartable_broker hook yet; the state machine reported a message it could "
-    "not dequeue again (b'm2') and stats it cannot give; the paused worker's late ack test "
-    "failed; an unreachable broker is retried for the whole reconnect timeout at connect",
-}
+RELIABILITY_PENDING: dict[str, str] = {}
 """Drivers that landed before they passed the reliability suite (tests/test_chaos.py,
 tests/test_state_machine.py, and the broker-restart and unreachable-broker tests of
 tests/test_security.py), with what is missing: open items of the reliability issue, not skips.
@@ -132,6 +128,19 @@ def restart_not_applicable(backend: str) -> str | None:
 def restartable_broker(backend: str, namespace: str) -> Any:
     """The backend's ``restartable_broker(namespace)`` async context manager."""
     return backend_module(backend).restartable_broker(namespace)
+
+
+def handover_s(backend: str) -> float:
+    """How long a ready message may stay out of a consumer's reach because another consumer of
+    the same broker prefetched it without asking (``HANDOVER_S`` of the backend; 0: never). A
+    model waits that long for it, no longer."""
+    return float(getattr(backend_module(backend), "HANDOVER_S", 0.0))
+
+
+def stats_count_own_leases(backend: str) -> bool:
+    """Whether the backend's ``stats()["leased"]`` counts only the calling driver's own leases
+    (``STATS_OWN_LEASES``; RabbitMQ: AMQP tells nobody what other connections hold unacked)."""
+    return bool(getattr(backend_module(backend), "STATS_OWN_LEASES", False))
 
 
 def unreachable_config(backend: str, secret: str) -> dict[str, Any] | None:
