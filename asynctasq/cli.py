@@ -34,6 +34,16 @@ _PANELS = {"general": "Tasks", "worker": "Worker", **{d.name: d.display_name for
 _SCALARS: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": bool}
 
 
+_SHORT = {  # RQ's short flags and other spellings
+    "config_file": ["-c"],
+    "url": ["-u"],
+    "burst": ["-b"],
+    "path": ["-P"],
+    "worker_class": ["-w"],
+    "max_tasks": ["--max-jobs"],
+}
+
+
 def _option(setting: SettingInfo) -> inspect.Parameter:
     base = setting.base_type
     py_type: Any = list[str] if setting.repeatable else _SCALARS.get(base, str)
@@ -42,8 +52,7 @@ def _option(setting: SettingInfo) -> inspect.Parameter:
         decl = [f"--{setting.flag}/--no-{setting.flag}"]
     else:
         decl = [f"--{setting.flag}"]
-    if setting.name == "config_file":
-        decl.append("-c")  # RQ's spelling: worker -c settings
+    decl += _SHORT.get(setting.name, [])
     option = typer.Option(*decl, help=help_text, show_default=False, rich_help_panel=_PANELS[setting.group])
     return inspect.Parameter(
         setting.name,

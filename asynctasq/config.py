@@ -61,6 +61,13 @@ class Config:
         "file or pyproject.toml's [tool.asynctasq]. Flags beat it; it beats the environment.",
         flag="config",
     )
+    url: str | None = _setting(
+        None,
+        "Broker URL that picks the driver and its connection (redis://, rediss://, unix://, "
+        "postgresql://, mysql://, amqp://, sqs://, sqlite:///path, memory://): RQ's --url. "
+        "An explicit --driver or connection setting beats it.",
+        secret=True,
+    )
     driver: str = _setting(c.DEFAULT_DRIVER, "Broker driver.", choices=DRIVERS)
     serializer: str = _setting(
         c.DEFAULT_SERIALIZER,
@@ -297,9 +304,22 @@ class Config:
                 groups = {known[k].metadata["group"] for k in from_file} & set(DRIVERS)
                 if len(groups) == 1:  # RQ's settings file: REDIS_URL alone means Redis
                     from_file["driver"] = groups.pop()
+        url = settings.get("url") or from_file.get("url") or environ.get(env_name("url"))
+        from_url = url_settings(str(url), "url") if url else {}
+        if url and not from_url:
+            raise ConfigError(
+                f"url={redact_url(str(url))!r} has no driver scheme: use redis://, postgresql://, "
+                "mysql://, amqp://, sqs://, sqlite:///path or memory://"
+            )
         for name, f in known.items():
             if name in settings:
                 value = _coerce(name, settings[name], f.type, from_env=False)
+            elif name in from_url and (
+                "url" in settings
+                or ("url" in from_file and name not in from_file)
+                or (name not in from_file and env_name(name) not in environ)
+            ):  # what a URL stands for sits just below the layer the URL came from
+                value = _coerce(name, from_url[name], f.type, from_env=False)
             elif name in from_file:
                 value = _coerce(name, from_file[name], f.type, from_env=False, source=str(spec))
             else:
@@ -388,6 +408,33 @@ class SettingInfo:
         if self.choices:
             notes.append(f"one of {', '.join(self.choices)}")
         return f"{self.help} ({'; '.join(notes)})"
+
+
+def url_settings(url: str, where: str) -> dict[str, Any]:
+    """The settings a driver URL stands for (``redis://...`` -> driver and redis_url); empty
+    when ``url`` has no driver scheme."""
+    from asynctasq.core.driver_factory import driver_class
+    from asynctasq.drivers import SCHEMES
+
+    spec = SCHEMES.get(url.partition("://")[0].lower()) if "://" in url else None
+    if spec is None:
+        return {}
+    options = {spec.url_keyword: url} if spec.url_keyword else driver_class(spec.name).options_from_url(url)
+    by_keyword: dict[str, str] = {}
+    for f in fields(Config):
+        group = f.metadata["group"]
+        if f.name in spec.keywords:
+            by_keyword[spec.keywords[f.name]] = f.name
+        elif group == spec.name and f.name.startswith(spec.name + "_"):
+            by_keyword.setdefault(f.name.removeprefix(spec.name + "_"), f.name)
+    settings: dict[str, Any] = {"driver": spec.name}
+    for keyword, value in options.items():
+        if keyword not in by_keyword:
+            raise ConfigError(
+                f"{where}: the {spec.name} driver cannot be set up from a URL; give its settings"
+            )
+        settings[by_keyword[keyword]] = value
+    return settings
 
 
 def env_name(setting: str) -> str:

@@ -779,3 +779,52 @@ def test_cancel_a_waiting_task_by_its_id(env: dict[str, str]) -> None:
     assert "add 3+4=7" in out.stdout and "add 1+2" not in out.stdout
     doc = json.loads(cli("info", "--json", env=env).stdout)
     assert doc["queues"].get("later", {"delayed": 0})["delayed"] == 0
+
+
+def test_rq_worker_arguments_url_and_short_flags(env: dict[str, str], tmp_path: Path) -> None:
+    """`rq worker --url ... -b -P ... -w ...` with our names."""
+    other = tmp_path / "by-url.db"
+    url_env = {"ASYNCTASQ_TEST_MARKS": env["ASYNCTASQ_TEST_MARKS"]}
+    out = cli(
+        "dispatch",
+        "tests.cli_tasks.mark",
+        "--import",
+        "tests.cli_tasks",
+        "--args",
+        '["via-url", 0]',
+        "-u",
+        f"sqlite:///{other}",
+        env=url_env,
+    )
+    assert out.returncode == 0, out.stderr
+    out = cli(
+        "worker",
+        "-u",
+        f"sqlite:///{other}",
+        "-b",
+        "-P",
+        ".",
+        "--import",
+        "tests.cli_tasks",
+        "-w",
+        "tests.ops_helpers.NamedWorker",
+        "--max-jobs",
+        "5",
+        env=url_env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert marks(env) == ["subclass NamedWorker starts", "via-url"]
+    assert f"sqlite:{other}" in out.stderr  # the URL chose the driver and its file
+    config = Config(url="redis://:hunter2@cache:6380/2", _environ={"ASYNCTASQ_REDIS_URL": "redis://env"})
+    assert (config.driver, config.redis_url) == ("redis", "redis://:hunter2@cache:6380/2")
+    assert "hunter2" not in repr(config)
+    assert Config(url="redis://cache", driver="sqlite", _environ={}).driver == "sqlite"  # explicit wins
+    from_env = Config(
+        _environ={"ASYNCTASQ_URL": "postgresql://app@db/app", "ASYNCTASQ_POSTGRES_DSN": "postgresql://x@y/z"}
+    )
+    assert (from_env.driver, from_env.postgres_dsn) == (
+        "postgres",
+        "postgresql://x@y/z",
+    )  # a setting beats the URL
+    with pytest.raises(ConfigError, match="has no driver scheme"):
+        Config(url="http://example.com", _environ={})

@@ -221,6 +221,7 @@ class SQLiteDriver(BaseDriver):
         self._closed = False
         self._locks: tuple[asyncio.AbstractEventLoop, asyncio.Lock, asyncio.Lock] | None = None
         self._next_cleanup = 0.0
+        self._fenced_sql: dict[tuple[str, int], str] = {}
         self._claim_sql: dict[int, str] = {}
         self._probe_sql: dict[int, str] = {}
 
@@ -535,12 +536,19 @@ class SQLiteDriver(BaseDriver):
     async def _fenced(self, sql: str, deliveries: Sequence[Delivery], head: Sequence[Any]) -> list[Delivery]:
         """Run ``sql`` (containing ``_FENCE``, ending in ``RETURNING id, token``) over
         ``deliveries`` in chunks; return the deliveries it changed."""
-        held = [(i, d.token) for d in deliveries for i in int_ids([d.id])]
+        held = []
+        for d in deliveries:  # ids that cannot be rows of ours match nothing
+            if d.id.isascii() and d.id.isdigit():
+                held.append((int(d.id), d.token))
         if not held:
             return []
+        statements = self._fenced_sql
 
         async def one(conn: aiosqlite.Connection, chunk: Sequence[tuple[int, str]]) -> list[Any]:
-            statement = sql.format(ids=_marks(len(chunk)), tokens=_marks(len(chunk)))
+            statement = statements.get((sql, len(chunk)))
+            if statement is None:
+                marks = _marks(len(chunk))
+                statement = statements[(sql, len(chunk))] = sql.format(ids=marks, tokens=marks)
             params = [*head, *(i for i, _ in chunk), *(t for _, t in chunk), time.time()]
             return list(await conn.execute_fetchall(statement, params))
 

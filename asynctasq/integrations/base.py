@@ -26,11 +26,11 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, Unpack, overload
 
-from asynctasq.config import Config, SettingInfo
+from asynctasq.config import Config, SettingInfo, url_settings
 from asynctasq.constants import DEFAULT_DISPATCH_TIMEOUT_S
-from asynctasq.core.driver_factory import DriverFactory, driver_class
+from asynctasq.core.driver_factory import DriverFactory
 from asynctasq.core.worker import TaskContextFactory, Worker
-from asynctasq.drivers import DRIVERS, SCHEMES
+from asynctasq.drivers import DRIVERS
 from asynctasq.drivers.base import validate_queue_name
 from asynctasq.errors import AsyncTasQError, ConfigError, TaskDefinitionError
 from asynctasq.message import Envelope
@@ -98,33 +98,10 @@ def _connection_settings(queue: str, given: Mapping[str, Any]) -> dict[str, Any]
     return settings
 
 
-def _url_settings(url: str, where: str) -> dict[str, Any] | None:
-    """The settings a driver URL stands for (``redis://...`` -> driver and redis_url), or None
-    when ``url`` has no driver scheme."""
-    spec = SCHEMES.get(url.partition("://")[0].lower()) if "://" in url else None
-    if spec is None:
-        return None
-    options = {spec.url_keyword: url} if spec.url_keyword else driver_class(spec.name).options_from_url(url)
-    by_keyword: dict[str, str] = {}
-    for setting in Config.settings():
-        if setting.name in spec.keywords:
-            by_keyword[spec.keywords[setting.name]] = setting.name
-        elif setting.group == spec.name and setting.name.startswith(spec.name + "_"):
-            by_keyword.setdefault(setting.name.removeprefix(spec.name + "_"), setting.name)
-    settings: dict[str, Any] = {"driver": spec.name}
-    for keyword, value in options.items():
-        if keyword not in by_keyword:
-            raise ConfigError(
-                f"{where}: the {spec.name} driver cannot be set up from a URL; give a dict of settings"
-            )
-        settings[by_keyword[keyword]] = value
-    return settings
-
-
 def connection_string_settings(value: str, driver: str, where: str) -> dict[str, Any]:
     """The settings of a connection string: a driver URL (``redis://``, ``sqlite:///``,
     ``postgresql://``...), else the connection setting of ``driver`` (a path, an SQS prefix)."""
-    from_url = _url_settings(value, where)
+    from_url = url_settings(value, where)
     if from_url is not None:
         return from_url
     setting = DRIVERS[driver].connection_setting
