@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from asynctasq.errors import SerializationError
 from asynctasq.serializers import BaseSerializer, loads_any
@@ -18,7 +18,6 @@ from asynctasq.signing import MAGIC, Signer, strip_signature
 
 ENVELOPE_VERSION = 1
 _SIGNED_FIRST = MAGIC[:1]
-T = TypeVar("T", int, float)
 
 
 def new_task_id() -> str:
@@ -106,17 +105,22 @@ class Envelope:
                 args = list(args)
             if type(kwargs) is not dict:
                 raise TypeError(f"kwargs must be a map, not {type(kwargs).__name__}")
+            # the checks inline, the fields in order: this runs once per task
+            attempt = raw.get("attempt", 1)
+            max_attempts = raw.get("max_attempts", 3)
+            retry_after = raw.get("retry_after", 1.0)
+            enqueued_at = raw.get("enqueued_at", 0.0)
             env = cls(
-                task=raw["task"],
-                args=args,
-                kwargs=kwargs,
-                queue=raw.get("queue") or "default",
-                id=raw["id"],
-                attempt=_as(int, raw.get("attempt", 1)),
-                max_attempts=_as(int, raw.get("max_attempts", 3)),
-                timeout=None if timeout is None else _as(float, timeout),
-                retry_after=_as(float, raw.get("retry_after", 1.0)),
-                enqueued_at=_as(float, raw.get("enqueued_at", 0.0)),
+                raw["task"],
+                args,
+                kwargs,
+                raw.get("queue") or "default",
+                raw["id"],
+                attempt if type(attempt) is int else int(attempt),
+                max_attempts if type(max_attempts) is int else int(max_attempts),
+                None if timeout is None else (timeout if type(timeout) is float else float(timeout)),
+                retry_after if type(retry_after) is float else float(retry_after),
+                enqueued_at if type(enqueued_at) is float else float(enqueued_at),
             )
             trace = raw.get("trace")
             if trace is not None:  # a carrier of strings, or nothing: never a reason to fail
@@ -132,10 +136,6 @@ class Envelope:
         if kwargs and not all(type(k) is str for k in env.kwargs):
             raise SerializationError(f"malformed asynctasq message (non-string keyword): {_preview(data)}")
         return env
-
-
-def _as(kind: type[T], value: Any) -> T:
-    return value if type(value) is kind else kind(value)
 
 
 def _preview(data: bytes, size: int = 60) -> str:

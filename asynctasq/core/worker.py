@@ -576,8 +576,9 @@ class Worker:
                 if free <= 0 and self._fetched >= self.max_tasks:
                     log.info("max tasks (%d) reached", self.max_tasks)
                     return
-            if free <= 0:
-                await self._wait_for_slot()
+            if free <= 0:  # as _wait_for_slot(), inlined: the busy path
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
                 continue
             wait = 0.0 if self.burst else FETCH_WAIT_S
             if self.max_idle_time is not None and not self._running:

@@ -102,7 +102,7 @@ def connection_string_settings(value: str, driver: str, where: str) -> dict[str,
     """The settings of a connection string: a driver URL (``redis://``, ``sqlite:///``,
     ``postgresql://``...), else the connection setting of ``driver`` (a path, an SQS prefix)."""
     from_url = url_settings(value, where)
-    if from_url is not None:
+    if from_url:
         return from_url
     setting = DRIVERS[driver].connection_setting
     if setting is None:
