@@ -52,3 +52,20 @@ async def test_programmatic_worker_example_runs_as_written(tmp_path: Path) -> No
 
         await close_producer()
         asynctasq.configure(driver="memory")
+
+
+def test_the_capability_table_of_the_driver_contract_matches_the_drivers() -> None:
+    from asynctasq.core.driver_factory import driver_class
+    from asynctasq.drivers import DRIVER_TABLE
+    from asynctasq.drivers.base import CAPABILITIES, BaseDriver
+
+    text = (ROOT / "docs" / "driver-contract.md").read_text()
+    names = [d.name for d in DRIVER_TABLE]
+    no = "\u2013"  # the table's en dash
+    assert "| capability | " + " | ".join(names) + " |" in text
+    for c in sorted(CAPABILITIES):
+        marks = ["✔" if c in driver_class(n).capabilities else no for n in names]
+        assert f"| `{c}` | " + " | ".join(marks) + " |" in text, c
+    for m in ("list_queues", "oldest_waiting", "peek", "maintain"):
+        marks = ["✔" if getattr(driver_class(n), m) is not getattr(BaseDriver, m) else no for n in names]
+        assert f"| `{m}()` | " + " | ".join(marks) + " |" in text, m
