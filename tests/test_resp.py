@@ -319,3 +319,28 @@ async def test_close_fails_calls_blocked_on_the_client(client: RespClient) -> No
     with pytest.raises(ConnectionLost):
         await waiting
     assert time.monotonic() - started < 1
+
+
+async def test_the_reply_of_a_cancelled_request_reaches_its_orphan_callback() -> None:
+    """A claim whose caller was cancelled still gets its reply, to give back what it leased,
+    even when the reply is read before the cancelled caller runs again (the race CI found)."""
+    from asynctasq.drivers._resp import RespProtocol, pack
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            pass
+
+        def abort(self) -> None:
+            pass
+
+    proto = RespProtocol()
+    proto.connection_made(Transport())  # type: ignore[arg-type]
+    adopted: list[object] = []
+    cancelled = proto.send(pack(("GET", "claim")), 0, 5.0, adopted.append)
+    plain = proto.send(pack(("GET", "other")), 0, 5.0)
+    cancelled.cancel()
+    proto.data_received(b"$6\r\nleased\r\n$5\r\nvalue\r\n")
+    assert adopted == [b"leased"]
+    assert plain.result() == b"value"
+    if proto.watchdog is not None:
+        proto.watchdog.cancel()

@@ -200,15 +200,14 @@ def parse_url(url: str, password: str | None = None, db: int | None = None) -> E
 
 
 class RespProtocol(asyncio.Protocol):
-    """One connection. ``pending`` holds (future, n) per request in send order: n == 0 is one
-    command whose future gets its reply, n > 0 a batch whose future gets the list of n replies
-    (error replies stay in it as ``hiredis.ReplyError``). ``orphans`` maps the future of a
-    request whose caller was cancelled to a callback that still wants its reply (a claim's
-    leases, to give them back)."""
+    """One connection. ``pending`` holds (future, n, orphan) per request in send order: n == 0
+    is one command whose future gets its reply, n > 0 a batch whose future gets the list of n
+    replies (error replies stay in it as ``hiredis.ReplyError``); ``orphan``, when given, gets
+    the reply instead of a future that was cancelled (a claim's leases, to give them back)."""
 
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
-        self.pending: deque[tuple[asyncio.Future[Any], int]] = deque()
+        self.pending: deque[tuple[asyncio.Future[Any], int, Callable[[Any], None] | None]] = deque()
         self.partial: list[Any] = []
         self.transport: asyncio.Transport | None = None
         self.lost: BaseException | None = None
@@ -220,7 +219,6 @@ class RespProtocol(asyncio.Protocol):
         self.writable.set()
         self.watchdog: asyncio.TimerHandle | None = None
         self.outgoing: list[bytes] = []
-        self.orphans: dict[asyncio.Future[Any], Callable[[Any], None]] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -239,7 +237,7 @@ class RespProtocol(asyncio.Protocol):
             if not pending:
                 self.abort(ConnectionLost("Redis sent a reply nobody asked for"))
                 return
-            fut, n = pending[0]
+            fut, n, orphan = pending[0]
             if n:
                 self.partial.append(reply)
                 if len(self.partial) < n:
@@ -248,10 +246,8 @@ class RespProtocol(asyncio.Protocol):
             pending.popleft()
             if not fut.done():
                 fut.set_result(reply)
-            elif self.orphans:
-                adopter = self.orphans.pop(fut, None)
-                if adopter is not None:
-                    adopter(reply)
+            elif orphan is not None and fut.cancelled():
+                orphan(reply)  # its caller is gone: what the command did is given back
         self.progress = time.monotonic()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -260,11 +256,10 @@ class RespProtocol(asyncio.Protocol):
         error = self.lost if isinstance(self.lost, ConnectionLost) else None
         if error is None:
             error = ConnectionLost(f"lost the connection to Redis ({self.lost})")
-        for fut, _ in self.pending:
+        for fut, _, _ in self.pending:
             if not fut.done():
                 fut.set_exception(error)
-        self.pending.clear()
-        self.orphans.clear()  # what those requests did is unknown: their leases expire
+        self.pending.clear()  # an orphan's command is lost with them: its leases expire
         self.partial = []
         self.outgoing = []
         self.writable.set()
@@ -284,7 +279,9 @@ class RespProtocol(asyncio.Protocol):
             self.lost = exc
             self.transport.abort()
 
-    def send(self, packed: bytes, n: int, timeout: float) -> asyncio.Future[Any]:
+    def send(
+        self, packed: bytes, n: int, timeout: float, orphan: Callable[[Any], None] | None = None
+    ) -> asyncio.Future[Any]:
         """Queue ``packed`` (``n`` commands, 0 for one) for the next write; the future resolves
         with the reply (or the n replies)."""
         if self.lost is not None or self.transport is None:
@@ -295,7 +292,7 @@ class RespProtocol(asyncio.Protocol):
             if self.watchdog is None:
                 self.watchdog = loop.call_later(timeout, self._check, timeout)
         fut = loop.create_future()
-        self.pending.append((fut, n))
+        self.pending.append((fut, n, orphan))
         if not self.outgoing:
             loop.call_soon(self._write)
         self.outgoing.append(packed)
@@ -412,15 +409,14 @@ class RespClient:
         proto = self._main
         if proto is None or proto.lost is not None:
             proto = await self.main()
-        fut = proto.send(packed, 0, self.timeout)
+        fut = proto.send(packed, 0, self.timeout, orphan)
         try:
             reply = await fut
         except asyncio.CancelledError:
-            if orphan is not None:
-                if fut.cancelled():  # the reply is still to come
-                    proto.orphans[fut] = orphan
-                elif fut.done() and fut.exception() is None:  # it came as we were cancelled
-                    orphan(fut.result())
+            # the reply still to come reaches orphan through the connection; one that came
+            # just as we were cancelled is handed to it here
+            if orphan is not None and not fut.cancelled() and fut.done() and fut.exception() is None:
+                orphan(fut.result())
             raise
         if isinstance(reply, hiredis.ReplyError):
             raise reply_error(reply)
