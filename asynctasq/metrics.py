@@ -35,6 +35,8 @@ METRICS = {
     "asynctasq_queue_delayed": "gauge {queue}: tasks delayed or waiting for a retry",
     "asynctasq_queue_running": "gauge {queue}: leased tasks, on every worker",
     "asynctasq_queue_failed": "gauge {queue}: entries in the failed registry",
+    "asynctasq_queue_oldest_waiting_seconds": "gauge {queue}: how long the longest-waiting ready task "
+    "has waited (0 when none; drivers with oldest_waiting)",
     "asynctasq_lease_extensions_total": "counter: leases extended (heartbeats of running tasks)",
     "asynctasq_leases_lost_total": "counter: tasks whose lease went to another worker",
 }
@@ -80,6 +82,12 @@ class WorkerMetrics:
             )
             for kind in ("ready", "delayed", "running", "failed")
         }
+        self.oldest = pc.Gauge(
+            "asynctasq_queue_oldest_waiting_seconds",
+            METRICS["asynctasq_queue_oldest_waiting_seconds"],
+            ["queue"],
+            multiprocess_mode="livemax",
+        )
         self.extensions = pc.Counter(
             "asynctasq_lease_extensions", METRICS["asynctasq_lease_extensions_total"]
         )
@@ -99,6 +107,10 @@ class WorkerMetrics:
     def running(self, queues: Iterable[str], by_queue: dict[str, int]) -> None:
         for queue in queues:
             self.in_flight.labels(queue).set(by_queue.get(queue, 0))
+
+    def oldest_waiting(self, ages: dict[str, float | None]) -> None:
+        for queue, age in ages.items():
+            self.oldest.labels(queue).set(age or 0.0)
 
     def queue_stats(self, stats: dict[str, Any]) -> None:
         for queue, s in stats.items():

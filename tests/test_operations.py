@@ -553,6 +553,7 @@ def test_metrics_endpoint_counts_real_tasks(env: dict[str, str], processes: int)
             lambda s: (s.get(depth["ready"]), s.get(depth["delayed"]), s.get(depth["failed"])) == (0, 1, 1),
         )
         assert samples['asynctasq_tasks_in_flight{queue="default"}'] == 0
+        assert samples['asynctasq_queue_oldest_waiting_seconds{queue="default"}'] == 0  # none ready
         assert "asynctasq_leases_lost_total" in samples
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -58,6 +58,7 @@ from asynctasq.errors import (
     SerializationError,
     TaskTimeout,
     UnknownTaskError,
+    UnsupportedOperation,
 )
 from asynctasq.message import Envelope
 from asynctasq.registry import TaskDefinition, TaskRegistry
@@ -1020,15 +1021,20 @@ class Worker:
         """Queue depths (the driver's stats) and in-flight tasks, every few seconds."""
         assert self._metrics is not None
         stats = self.driver.supports("stats")
+        ages = True
         while True:
             self._report_running()
-            if stats:
-                try:
+            try:
+                if stats:
                     self._metrics.queue_stats(await self.driver.stats(self.queues))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - the next round tries again
-                    log.debug("queue stats for metrics failed: %s", exc)
+                if ages:
+                    self._metrics.oldest_waiting(await self.driver.oldest_waiting(self.queues))
+            except UnsupportedOperation:
+                ages = False  # this driver cannot say; the stats go on
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.debug("queue stats for metrics failed: %s", exc)
             await asyncio.sleep(METRICS_INTERVAL_S)
 
     async def _flush_loop(self) -> None:
