@@ -53,6 +53,9 @@ class _Store:
     workers: dict[str, tuple[WorkerInfo, float]] = field(default_factory=dict)
     commands: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     seq: itertools.count[int] = field(default_factory=itertools.count)
+    compact_at: int = 0
+    """Heap size at which stale timers are dropped: twice the live ones of the last compaction
+    plus a slack, so stale entries stay bounded by the live ones, not by the backlog."""
 
 
 _stores: dict[str, _Store] = {}
@@ -101,7 +104,7 @@ class MemoryDriver(BaseDriver):
         msg.due = due
         timers = self._s.timers
         heapq.heappush(timers, (due, next(self._s.seq), msg.id, msg.token))
-        if len(timers) > 2 * len(self._s.messages) + TIMER_SLACK:
+        if len(timers) > self._s.compact_at:
             self._compact_timers()
 
     def _compact_timers(self) -> None:
@@ -115,6 +118,7 @@ class MemoryDriver(BaseDriver):
                 live.append(entry)
         heapq.heapify(live)
         self._s.timers = live
+        self._s.compact_at = 2 * len(live) + TIMER_SLACK
 
     def _make_ready(self, msg: _Message) -> None:
         msg.state = "ready"
