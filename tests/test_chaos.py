@@ -36,6 +36,7 @@ from tests.backends import (
     make_driver,
     restart_not_applicable,
     restartable_broker,
+    resume_bound_s,
 )
 from tests.chaos_tasks import chaos_hold, chaos_work, read_marks
 from tests.conftest import wait_for
@@ -357,7 +358,9 @@ async def test_a_broker_restart_mid_run(
                     assert "\n" not in str(exc) and broker.secret not in str(exc)
                     producer = f"failed with: {exc}"
                 await wait_for(
-                    lambda: sum(workers.done().values()) > done_at_return, timeout=10, interval=0.01
+                    lambda: sum(workers.done().values()) > done_at_return,
+                    timeout=resume_bound_s(any_backend),
+                    interval=0.01,
                 )
                 resumed_s = time.monotonic() - back
                 await wait_for(lambda: set(accepted) <= set(workers.done()), timeout=90, interval=0.05)

@@ -137,6 +137,12 @@ def handover_s(backend: str) -> float:
     return float(getattr(backend_module(backend), "HANDOVER_S", 0.0))
 
 
+def resume_bound_s(backend: str) -> float:
+    """How long the broker-restart test waits for work to resume after the broker is back
+    (``RESUME_BOUND_S`` of the backend; 10 s by default). The test reports the time it took."""
+    return float(getattr(backend_module(backend), "RESUME_BOUND_S", 10.0))
+
+
 def stats_count_own_leases(backend: str) -> bool:
     """Whether the backend's ``stats()["leased"]`` counts only the calling driver's own leases
     (``STATS_OWN_LEASES``; RabbitMQ: AMQP tells nobody what other connections hold unacked)."""

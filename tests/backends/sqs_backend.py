@@ -401,6 +401,12 @@ class Relay:
         self._loop.close()
 
 
+RESUME_BOUND_S = 45.0
+"""A long poll that was in flight through the relay when it stopped can hang until botocore's
+read timeout (the long poll plus 15 s) before the worker reconnects; usually work resumes in
+0.1-0.5 s (docs/reliability.md). CI once saw more than 10 s under load."""
+
+
 @contextlib.asynccontextmanager
 async def restartable_broker(namespace: str) -> AsyncIterator[Any]:
     """The session's moto server behind a :class:`Relay` the test stops and starts; the AWS
